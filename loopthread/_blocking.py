@@ -1,0 +1,86 @@
+"""The module-level facade: ``loopthread.run`` and the ``@loopthread.blocking`` decorator."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, overload
+
+from loopthread._exceptions import WouldDeadlockError
+from loopthread._loopthread import LoopThread
+from loopthread._process import default
+from loopthread._validate import check_timeout
+
+__all__ = ["blocking", "run"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def run(awaitable: Awaitable[T], /, *, timeout: float | None = None) -> T:
+    """Run ``awaitable`` on the process-wide default loop and block for its result.
+
+    Same contract as :meth:`LoopThread.run`.
+    """
+    return default().run(awaitable, timeout=timeout)
+
+
+@overload
+def blocking(fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, T]: ...  # pragma: no cover
+
+
+@overload
+def blocking(
+    *, timeout: float | None = None, loop_thread: LoopThread | None = None
+) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, T]]: ...  # pragma: no cover
+
+
+def blocking(
+    fn: Callable[P, Coroutine[Any, Any, T]] | None = None,
+    /,
+    *,
+    timeout: float | None = None,
+    loop_thread: LoopThread | None = None,
+) -> Callable[P, T] | Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, T]]:
+    """Turn an ``async def`` function into a plain blocking function.
+
+    ``@blocking`` runs it on ``loopthread.default()``; ``@blocking(timeout=2, loop_thread=lt)``
+    on ``lt`` with a timeout. The loop is looked up at call time, so decorating at import time
+    starts nothing (and stays right across ``fork()``). The original stays reachable as
+    ``wrapper.__wrapped__`` for async callers.
+
+    Raises:
+        TypeError: the decorated object is not an ``async def`` function.
+        ValueError: ``timeout`` is negative.
+    """
+    checked_timeout = check_timeout(timeout)
+    if loop_thread is not None and not isinstance(loop_thread, LoopThread):
+        raise TypeError(
+            f"loop_thread must be a LoopThread or None (the default loop); got {loop_thread!r}."
+        )
+
+    def decorate(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+        if not inspect.iscoroutinefunction(func):
+            name = getattr(func, "__qualname__", repr(func))
+            raise TypeError(
+                f"@loopthread.blocking wraps an `async def` function; {name} is not one. "
+                "A plain function needs no wrapper: call it directly."
+            )
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            lt = loop_thread if loop_thread is not None else default()
+            if lt.in_loop_thread():
+                raise WouldDeadlockError(
+                    f"{func.__qualname__}() is a blocking wrapper and was called on the loop "
+                    f"thread; in async code await the original: "
+                    f"await {func.__qualname__}.__wrapped__(...)."
+                )
+            return lt.run(func(*args, **kwargs), timeout=checked_timeout)
+
+        return wrapper
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

@@ -1,0 +1,965 @@
+"""The LoopThread: one daemon thread, one asyncio loop, and the blocking facade into it.
+
+Every crossing from a caller's thread into the loop goes through one primitive, ``_Call``:
+
+* the caller builds a ``_Call`` (the coroutine, a copy of its ``contextvars`` context, and a
+  way to be woken: a bare lock for the blocking facade, a ``concurrent.futures.Future`` for
+  ``submit``), appends it to ``_inbox`` and wakes the loop only if no wake-up is already
+  scheduled, so a burst of calls from many threads costs one ``call_soon_threadsafe``;
+* on the loop, ``_drain_inbox`` starts one Task per call, running ``_execute``, which stores
+  the outcome (result or any exception, ``BaseException`` included) in the ``_Call`` and wakes
+  the caller directly: no done-callbacks, no extra loop iteration, no ``Condition``;
+* a caller that gives up (``timeout=``, ``KeyboardInterrupt``) schedules ``_cancel_on_loop``
+  and waits up to ``cancel_grace`` for the coroutine's cleanup: the work is cancelled, never
+  orphaned.
+
+All counters are written by the loop thread only, so they need no lock; ``stats()`` reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import CoroutineType, TracebackType
+from typing import Any, Literal, ParamSpec, TypeVar
+
+from loopthread import _process
+from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
+from loopthread._log import logger
+from loopthread._validate import as_coroutine, check_positive_int, check_timeout, close_awaitables
+
+__all__ = ["LoopStats", "LoopThread", "ShutdownReport"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+# Python 3.12+ can run a Task's first step synchronously ("eager"): a coroutine that finishes
+# without suspending then costs no extra loop iteration. 3.11 has no such option.
+_EAGER = sys.version_info >= (3, 12)
+
+_CancelReason = Literal["timeout", "interrupted", "cancelled", "stop"]
+
+
+class State(enum.Enum):
+    """Where a LoopThread is in its life; it only ever moves down this list."""
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DEAD = "dead"  # the loop ended without stop(), or the thread was inherited across fork()
+
+
+@dataclass(frozen=True, slots=True)
+class LoopStats:
+    """A snapshot of a LoopThread's counters (plain data; metrics are derived from it)."""
+
+    name: str
+    state: str
+    loops_created: int
+    calls_started: int
+    calls_ok: int
+    calls_failed: int
+    calls_timed_out: int
+    calls_cancelled: int
+    in_flight: int
+    executor_workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownReport:
+    """What ``stop()`` did.
+
+    ``finished`` is False when the shutdown was only scheduled (``stop()`` called from the
+    loop thread) or when the loop thread did not finish within the timeout (a coroutine or
+    callback is blocking it); counts then cover what was known at return.
+    """
+
+    finished: bool
+    completed: int = 0
+    cancelled: int = 0
+    abandoned: int = 0
+    items_unhandled: int = 0
+    deadline_hit: bool = False
+    duration: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        """True when everything in flight finished on its own and nothing was left behind."""
+        return (
+            self.finished
+            and not self.deadline_hit
+            and self.cancelled == 0
+            and self.abandoned == 0
+            and self.items_unhandled == 0
+        )
+
+
+class _Call:
+    """One hand-off from a caller's thread to the loop, and its outcome."""
+
+    __slots__ = ("cancel_reason", "context", "coro", "done", "error", "result", "task")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> None:
+        self.coro = coro
+        self.context = context
+        self.task: asyncio.Task[None] | None = None
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.cancel_reason: _CancelReason | None = None
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        # The first outcome wins: a call failed by a dying loop may still be finished later by
+        # its own task during cleanup.
+        if self.done:
+            return
+        self.done = True
+        self.result = result
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+
+class _BlockingCall(_Call):
+    """A call whose caller blocks on a bare lock (cheaper than Event or Future)."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> None:
+        super().__init__(coro, context)
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+    def _wake(self) -> None:
+        self.lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self.lock.acquire(True, -1 if timeout is None else timeout)
+
+
+class _FutureCall(_Call):
+    """A call whose outcome goes into a ``concurrent.futures.Future`` (``submit``)."""
+
+    __slots__ = ("future",)
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], context: contextvars.Context, future: Future[Any]
+    ) -> None:
+        super().__init__(coro, context)
+        self.future = future
+
+    def _wake(self) -> None:
+        # The future stays PENDING while the coroutine runs, so the user can still cancel() it;
+        # if they did, setting the outcome is refused, and that is fine.
+        try:
+            if self.error is None:
+                self.future.set_result(self.result)
+            else:
+                self.future.set_exception(self.error)
+        except InvalidStateError:
+            pass
+
+
+async def _invoke(
+    fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    awaitable = fn(*args, **kwargs)
+    if not _is_awaitable(awaitable):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(
+            f"lt.call() expects an async function; {name}(...) returned "
+            f"{type(awaitable).__name__}, not an awaitable. Call a plain function directly, "
+            "or run it in the executor: await loop.run_in_executor(None, fn)."
+        )
+    return await awaitable
+
+
+def _is_awaitable(value: object) -> bool:
+    return type(value) is CoroutineType or hasattr(value, "__await__")
+
+
+async def _gather(coros: list[Coroutine[Any, Any, Any]], return_exceptions: bool) -> list[Any]:
+    return list(await asyncio.gather(*coros, return_exceptions=return_exceptions))
+
+
+class LoopThread:
+    """A daemon thread that owns one long-lived asyncio event loop.
+
+    Synchronous code hands coroutines to the loop with :meth:`run`, :meth:`call`,
+    :meth:`gather` (they block until the result is in) or :meth:`submit` (returns a
+    ``concurrent.futures.Future`` at once).
+
+    Args:
+        name: names the thread, the executor's threads, log events and metrics.
+        loop_factory: makes the event loop (``asyncio.new_event_loop`` when None).
+        uvloop: use ``uvloop.new_event_loop`` (needs ``pip install 'loopthread[uvloop]'``).
+        executor_workers: size of the loop's default executor, shared by everything that runs
+            on this loop (None: the ``ThreadPoolExecutor`` default).
+        cancel_grace: seconds a caller that gives up waits for the cancelled coroutine's cleanup.
+
+    Raises:
+        TypeError, ValueError: an option is of the wrong type or out of range.
+        ImportError: ``uvloop=True`` but uvloop is not installed.
+    """
+
+    def __init__(
+        self,
+        name: str = "loopthread",
+        *,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        uvloop: bool = False,
+        executor_workers: int | None = None,
+        cancel_grace: float = 1.0,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str; got {name!r}.")
+        if loop_factory is not None and not callable(loop_factory):
+            raise TypeError(
+                "loop_factory must be a callable that returns a new event loop, such as "
+                f"asyncio.new_event_loop; got {loop_factory!r}."
+            )
+        if uvloop and loop_factory is not None:
+            raise ValueError("pass either uvloop=True or loop_factory=..., not both.")
+        if uvloop:
+            loop_factory = _uvloop_factory()
+        if executor_workers is not None:
+            check_positive_int(executor_workers, "executor_workers")
+        grace = check_timeout(cancel_grace, "cancel_grace")
+        self._name = name
+        self._loop_factory = loop_factory or asyncio.new_event_loop
+        self._executor_workers = executor_workers
+        self._cancel_grace = grace if grace is not None else float("inf")
+
+        self._state = State.NEW
+        self._state_lock = threading.Lock()
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+        self._start_error: BaseException | None = None
+        self._death_reason = ""
+        self._report: ShutdownReport | None = None
+        self._pid = os.getpid()
+
+        self._thread = threading.Thread(target=self._thread_main, name=name, daemon=True)
+        self._thread_id: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+        self._inbox: deque[_Call] = deque()
+        self._wake_scheduled = False
+        self._pending: set[_Call] = set()
+        self._stop_hooks: list[tuple[str, Callable[[float], Awaitable[int | None]]]] = []
+
+        self._loops_created = 0
+        self._calls_started = 0
+        self._calls_ok = 0
+        self._calls_failed = 0
+        self._calls_timed_out = 0
+        self._calls_cancelled = 0
+
+        _process.register(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> LoopThread:
+        """Start the thread and return once its loop runs; a no-op while already running.
+
+        Raises:
+            LoopThreadError: the LoopThread was stopped (or died); create a new one instead.
+            LoopNotRunningError: no thread can be started (interpreter shutdown).
+        """
+        with self._state_lock:
+            state = self._state
+            if state is State.NEW:
+                self._state = State.STARTING
+            elif state not in (State.STARTING, State.RUNNING):
+                raise LoopThreadError(
+                    f"LoopThread {self._name!r} is {state.value}{self._death_suffix()}; "
+                    "a stopped LoopThread cannot be restarted. Create a new LoopThread()."
+                )
+        if state is State.NEW:
+            try:
+                self._thread.start()
+            except RuntimeError as exc:  # "can't create new thread at interpreter shutdown"
+                with self._state_lock:
+                    self._state = State.DEAD
+                    self._death_reason = f"the thread could not start: {exc}"
+                self._started.set()
+                self._stopped.set()
+                raise LoopNotRunningError(
+                    f"LoopThread {self._name!r} could not start its thread ({exc}). "
+                    "Start loop threads before interpreter shutdown (not from atexit handlers)."
+                ) from exc
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> ShutdownReport:
+        """Stop accepting work, let work in flight finish, cancel what is left, close the loop.
+
+        Idempotent. Bounded by ``timeout``: running work gets until the deadline less a
+        reserve for cancellation and for closing resources. Called from the loop thread
+        itself, it schedules the shutdown and returns at once (``report.finished`` is False).
+
+        Raises:
+            TypeError, ValueError: ``timeout`` is not a non-negative number or None.
+        """
+        timeout = check_timeout(timeout)
+        started = time.monotonic()
+        deadline = started + timeout if timeout is not None else float("inf")
+        state = self._initiate_stop(deadline)
+        if state is State.NEW:
+            return self._report or ShutdownReport(finished=True)
+        if state is State.STARTING:
+            self.start()  # let the start in progress finish, then stop it
+            return self.stop(None if timeout is None else _remaining(deadline))
+        if self._in_loop_thread():
+            return ShutdownReport(finished=False)
+        if state in (State.STOPPED, State.DEAD) and self._stopped.is_set():
+            return self._report or ShutdownReport(finished=True)
+        return self._wait_stopped(deadline, started)
+
+    def _initiate_stop(self, deadline: float) -> State:
+        """Move to STOPPING and schedule the shutdown on the loop; return the prior state."""
+        with self._state_lock:
+            state = self._state
+            if state is State.NEW:
+                self._state = State.STOPPED
+                self._report = ShutdownReport(finished=True)
+                self._stopped.set()
+                _process.unregister(self)
+            elif state is State.RUNNING:
+                self._state = State.STOPPING
+        if state is State.RUNNING:
+            self._log_event("loop_thread.stopping")
+            self._request_shutdown(deadline)
+        return state
+
+    def _request_shutdown(self, deadline: float) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._begin_shutdown, deadline)
+        except RuntimeError:  # the loop is already closed: the thread is finishing on its own
+            pass
+
+    def _wait_stopped(self, deadline: float, started: float) -> ShutdownReport:
+        remaining = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
+        if self._stopped.wait(remaining) and self._report is not None:
+            return self._report
+        # The loop thread did not finish in time: something blocks the loop (a coroutine that
+        # calls time.sleep, a callback that never returns). Nothing may wait on it any longer.
+        stuck = self._abandon()
+        return ShutdownReport(
+            finished=False,
+            abandoned=stuck,
+            deadline_hit=True,
+            duration=time.monotonic() - started,
+        )
+
+    def _abandon(self) -> int:
+        with self._state_lock:
+            if self._state is State.STOPPING:
+                self._state = State.DEAD
+                self._death_reason = "stop() timed out while the loop was blocked"
+        stack = _thread_stack(self._thread_id)
+        stuck = self._fail_pending("the loop thread did not stop in time (its loop is blocked)")
+        self._log_event(
+            "loop_thread.stop_timed_out", level="error", calls_failed=stuck, loop_stack=stack
+        )
+        return stuck
+
+    def __enter__(self) -> LoopThread:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def name(self) -> str:
+        """The name given at construction."""
+        return self._name
+
+    @property
+    def running(self) -> bool:
+        """True while the loop accepts work."""
+        return self._state is State.RUNNING
+
+    @property
+    def state(self) -> str:
+        """``new``, ``starting``, ``running``, ``stopping``, ``stopped`` or ``dead``."""
+        return self._state.value
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (closed once stopped).
+
+        Raises:
+            LoopNotRunningError: the LoopThread was never started.
+        """
+        if self._loop is None:
+            raise LoopNotRunningError(
+                f"LoopThread {self._name!r} has no loop yet: call lt.start() first."
+            )
+        return self._loop
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The daemon thread that runs the loop."""
+        return self._thread
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The loop's default executor, shared by all blocking work on this loop.
+
+        Raises:
+            LoopNotRunningError: the LoopThread was never started.
+        """
+        if self._executor is None:
+            raise LoopNotRunningError(
+                f"LoopThread {self._name!r} has no executor yet: call lt.start() first."
+            )
+        return self._executor
+
+    @property
+    def cancel_grace(self) -> float:
+        """Seconds a caller that gives up waits for the cancelled coroutine's cleanup."""
+        return self._cancel_grace
+
+    def in_loop_thread(self) -> bool:
+        """True when called from this LoopThread's own thread."""
+        return self._in_loop_thread()
+
+    def _in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
+    def stats(self) -> LoopStats:
+        """A consistent-enough snapshot of the counters (each field is read atomically)."""
+        executor = self._executor
+        return LoopStats(
+            name=self._name,
+            state=self._state.value,
+            loops_created=self._loops_created,
+            calls_started=self._calls_started,
+            calls_ok=self._calls_ok,
+            calls_failed=self._calls_failed,
+            calls_timed_out=self._calls_timed_out,
+            calls_cancelled=self._calls_cancelled,
+            in_flight=len(self._pending),
+            executor_workers=executor._max_workers if executor is not None else 0,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<LoopThread {self._name!r} {self._state.value} "
+            f"in_flight={len(self._pending)} calls={self._calls_started}>"
+        )
+
+    # ------------------------------------------------------------------ the facade
+
+    def run(self, awaitable: Awaitable[T], /, *, timeout: float | None = None) -> T:
+        """Run ``awaitable`` on the loop and block until it is done; return its result.
+
+        The caller's ``contextvars`` are visible inside. On ``timeout`` or
+        ``KeyboardInterrupt`` the coroutine is cancelled on the loop and its cleanup gets up to
+        ``cancel_grace`` seconds before this raises.
+
+        Raises:
+            TypeError: ``awaitable`` is not awaitable (e.g. ``lt.run(fetch)``).
+            ValueError: ``timeout`` is negative.
+            WouldDeadlockError: called from the loop's own thread; ``await`` instead.
+            LoopNotRunningError: the loop is not running (or stopped while this waited).
+            TimeoutError: ``timeout`` expired.
+            BaseException: whatever the coroutine raised, with its traceback.
+        """
+        coro = awaitable if type(awaitable) is CoroutineType else as_coroutine(awaitable, "lt.run")
+        if timeout is not None:
+            timeout = self._checked_timeout(timeout, coro)
+        call = _BlockingCall(coro, contextvars.copy_context())
+        self._enqueue(call, "lt.run")
+        return self._wait(call, timeout, "lt.run")  # type: ignore[no-any-return]
+
+    def call(
+        self,
+        async_fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Call ``async_fn(*args, **kwargs)`` on the loop and block until it is done.
+
+        The function itself is called on the loop thread (so it may use the running loop).
+
+        Raises:
+            TypeError: ``async_fn`` is not callable (a coroutine passed here: use ``lt.run``).
+            See :meth:`run` for the rest.
+        """
+        if not callable(async_fn):
+            close_awaitables([async_fn])
+            if _is_awaitable(async_fn):
+                raise TypeError(
+                    "lt.call() takes an async function and its arguments, not an awaitable: "
+                    "use lt.run(fetch(x)) or lt.call(fetch, x)."
+                )
+            raise TypeError(
+                f"lt.call() takes an async function; got {type(async_fn).__name__} {async_fn!r}."
+            )
+        return self.run(_invoke(async_fn, args, kwargs), timeout=timeout)
+
+    def gather(
+        self,
+        *awaitables: Awaitable[Any],
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run many awaitables concurrently on the loop with one hand-off; block for all.
+
+        Results come back in argument order. With ``return_exceptions=False`` the first
+        exception is raised (the others keep running until done, as ``asyncio.gather``).
+
+        Raises:
+            TypeError: one of the arguments is not awaitable (all coroutines are closed).
+            See :meth:`run` for the rest.
+        """
+        coros: list[Coroutine[Any, Any, Any]] = []
+        for index, item in enumerate(awaitables):
+            try:
+                coros.append(as_coroutine(item, "lt.gather"))
+            except TypeError as exc:
+                close_awaitables(awaitables)
+                raise TypeError(f"lt.gather() argument {index}: {exc}") from None
+        if not coros:
+            return []
+        return self.run(_gather(coros, return_exceptions), timeout=timeout)
+
+    def submit(self, awaitable: Awaitable[T], /) -> Future[T]:
+        """Schedule ``awaitable`` on the loop and return a ``concurrent.futures.Future`` at once.
+
+        Never blocks, not even while the loop is busy, and is safe from the loop thread.
+        Cancelling the returned future cancels the coroutine on the loop.
+
+        Raises:
+            TypeError: ``awaitable`` is not awaitable.
+            LoopNotRunningError: the loop is not running.
+        """
+        coro = (
+            awaitable if type(awaitable) is CoroutineType else as_coroutine(awaitable, "lt.submit")
+        )
+        future: Future[T] = Future()
+        call = _FutureCall(coro, contextvars.copy_context(), future)
+        self._enqueue(call, None)
+
+        def on_done(fut: Future[T]) -> None:
+            if fut.cancelled():
+                self._cancel_soon(call, "cancelled")
+
+        future.add_done_callback(on_done)
+        return future
+
+    # ------------------------------------------------------------------ crossing threads
+
+    def _checked_timeout(self, timeout: float, coro: Coroutine[Any, Any, Any]) -> float | None:
+        try:
+            return check_timeout(timeout)
+        except (TypeError, ValueError):
+            coro.close()
+            raise
+
+    def _enqueue(self, call: _Call, blocking_api: str | None) -> None:
+        if blocking_api is not None and threading.get_ident() == self._thread_id:
+            call.coro.close()
+            raise WouldDeadlockError(
+                f"{blocking_api}() was called from the loop thread of LoopThread "
+                f"{self._name!r}; it would wait forever for itself. Inside a coroutine, "
+                "await the coroutine instead (result = await fetch()), or use lt.submit()."
+            )
+        with self._state_lock:
+            if self._state is not State.RUNNING:
+                call.coro.close()
+                raise LoopNotRunningError(self._not_running_message())
+            self._pending.add(call)
+            self._inbox.append(call)
+            if self._wake_scheduled:
+                return
+            self._wake_scheduled = True
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.call_soon_threadsafe(self._drain_inbox)
+        except RuntimeError:
+            # The loop closed under us (it died); the death path fails every pending call.
+            pass
+
+    def _wait(self, call: _BlockingCall, timeout: float | None, api: str) -> Any:
+        try:
+            finished = call.wait(timeout)
+        except BaseException:
+            # KeyboardInterrupt (or SystemExit from a signal handler) while waiting: cancel the
+            # coroutine on the loop and give its cleanup cancel_grace before re-raising.
+            self._cancel_and_wait(call, "interrupted")
+            raise
+        if not finished:
+            self._cancel_and_wait(call, "timeout")
+            if not (call.done and call.cancel_reason is None):
+                cleanup = (
+                    "its cleanup finished"
+                    if call.done
+                    else f"its cleanup was still running after cancel_grace={self._cancel_grace}s"
+                )
+                raise TimeoutError(
+                    f"{api}() did not finish within timeout={timeout}s; the coroutine was "
+                    f"cancelled on the loop and {cleanup}."
+                )
+            # It finished before the cancellation reached it: the result is not lost.
+        error = call.error
+        if error is not None:
+            call.error = None  # break the frame <-> exception cycle
+            raise error
+        return call.result
+
+    def _cancel_soon(self, call: _Call, reason: _CancelReason) -> bool:
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            loop.call_soon_threadsafe(self._cancel_on_loop, call, reason)
+        except RuntimeError:  # the loop is closed; the call was failed when it closed
+            return False
+        return True
+
+    def _cancel_and_wait(self, call: _BlockingCall, reason: _CancelReason) -> None:
+        if self._cancel_soon(call, reason):
+            call.wait(self._cancel_grace)
+
+    # ------------------------------------------------------------------ on the loop thread
+
+    def _drain_inbox(self) -> None:
+        # Reset the flag before draining: a call appended after this line schedules a new
+        # drain, and one appended before it is taken by the loop below. No call is left behind.
+        self._wake_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            call = inbox.popleft()
+            if call.done:  # cancelled before it started
+                continue
+            self._calls_started += 1
+            call.task = self._new_task(self._execute(call), call.context)
+
+    def _new_task(
+        self, coro: Coroutine[Any, Any, None], context: contextvars.Context
+    ) -> asyncio.Task[None]:
+        loop = self._loop
+        assert loop is not None
+        if _EAGER and loop.get_task_factory() is None:
+            return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        return loop.create_task(coro, context=context)
+
+    async def _execute(self, call: _Call) -> None:
+        try:
+            result = await call.coro
+        except BaseException as exc:  # noqa: BLE001 - every outcome goes to the caller
+            # SystemExit and KeyboardInterrupt raised by the coroutine reach the caller and do
+            # not stop the loop, which is why this catches BaseException.
+            self._finish_failed(call, exc)
+        else:
+            self._pending.discard(call)
+            if call.cancel_reason == "timeout":
+                self._calls_timed_out += 1
+            else:
+                self._calls_ok += 1
+            call.finish(result, None)
+
+    def _finish_failed(self, call: _Call, exc: BaseException) -> None:
+        self._pending.discard(call)
+        reason = call.cancel_reason
+        if reason == "timeout":
+            self._calls_timed_out += 1
+        elif reason == "stop":
+            self._calls_cancelled += 1
+            stopped = LoopNotRunningError(
+                f"cancelled because LoopThread {self._name!r} was stopped before the "
+                "coroutine finished (stop() deadline reached)."
+            )
+            stopped.__cause__ = exc
+            exc = stopped
+        elif reason is not None or isinstance(exc, asyncio.CancelledError):
+            self._calls_cancelled += 1
+        else:
+            self._calls_failed += 1
+        call.finish(None, exc)
+
+    def _cancel_on_loop(self, call: _Call, reason: _CancelReason) -> None:
+        if call.done:
+            return
+        call.cancel_reason = reason
+        task = call.task
+        if task is None:  # still in the inbox: it never starts
+            call.coro.close()
+            self._finish_failed(call, asyncio.CancelledError())
+        else:
+            task.cancel()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _thread_main(self) -> None:
+        try:
+            loop = self._loop_factory()
+            executor = ThreadPoolExecutor(
+                max_workers=self._executor_workers, thread_name_prefix=f"{self._name}-executor"
+            )
+            loop.set_default_executor(executor)
+            asyncio.set_event_loop(loop)
+        except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
+            self._start_error = exc
+            with self._state_lock:
+                self._state = State.DEAD
+                self._death_reason = f"the loop could not be created: {exc!r}"
+            self._started.set()
+            self._stopped.set()
+            return
+        self._loop = loop
+        self._executor = executor
+        self._thread_id = threading.get_ident()
+        self._loops_created += 1
+        loop.call_soon(self._on_running)
+        crash: BaseException | None = None
+        try:
+            loop.run_forever()
+        except BaseException as exc:  # noqa: BLE001 - a crash of the loop is reported, not lost
+            crash = exc
+        if self._report is None:
+            self._on_death(loop, crash)
+        self._close(loop, executor)
+
+    def _on_running(self) -> None:
+        with self._state_lock:
+            self._state = State.RUNNING
+        self._started.set()
+        self._log_event("loop_thread.started", thread=self._thread.name)
+
+    def _begin_shutdown(self, deadline: float) -> None:
+        assert self._loop is not None
+        self._shutdown_task = self._loop.create_task(self._shutdown(deadline))
+
+    async def _shutdown(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        budget = max(0.0, deadline - started)
+        # Reserve part of the budget for cancellation and for closing resources, so a hanging
+        # handler or call cannot eat the whole deadline.
+        reserve = min(budget / 2, self._cancel_grace + 0.5)
+        soft_deadline = deadline - reserve
+        cancel_deadline = min(deadline, soft_deadline + self._cancel_grace)
+
+        self._drain_inbox()  # everything accepted before stop() starts now
+        in_flight = [c.task for c in list(self._pending) if c.task is not None]
+        drains = [
+            loop.create_task(_count(hook(soft_deadline)))
+            for kind, hook in self._stop_hooks
+            if kind == "drain"
+        ]
+        waiting = {t for t in in_flight if not t.done()} | set(drains)
+        if waiting:
+            await asyncio.wait(waiting, timeout=_remaining(soft_deadline))
+        completed = sum(1 for t in in_flight if t.done())
+
+        me = asyncio.current_task()
+        leftovers = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        for call in list(self._pending):
+            if call.task is not None and not call.task.done():
+                call.cancel_reason = "stop"
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=_remaining(cancel_deadline))
+        abandoned = sum(1 for t in leftovers if not t.done())
+
+        unhandled = sum(d.result() for d in drains if d.done() and not d.cancelled())
+        unhandled += sum(1 for d in drains if d.cancelled())  # at least one item each; a floor
+        for kind, hook in reversed(self._stop_hooks):
+            if kind == "close":
+                await _bounded(hook(deadline), deadline)
+        try:
+            await asyncio.wait_for(loop.shutdown_asyncgens(), _remaining(deadline))
+        except TimeoutError:
+            abandoned += 1
+        self._report = ShutdownReport(
+            finished=True,
+            completed=completed,
+            cancelled=len(leftovers) - abandoned,
+            abandoned=abandoned,
+            items_unhandled=unhandled,
+            deadline_hit=bool(leftovers) or time.monotonic() >= deadline,
+            duration=time.monotonic() - started,
+        )
+        loop.stop()
+
+    def _on_death(self, loop: asyncio.AbstractEventLoop, crash: BaseException | None) -> None:
+        """The loop stopped without stop(): fail every caller now, then clean up what we can."""
+        with self._state_lock:
+            stopping = self._state is State.STOPPING
+            self._state = State.DEAD
+            self._death_reason = (
+                f"its loop crashed with {crash!r}"
+                if crash is not None
+                else "its loop was stopped by code running on it (loop.stop())"
+            )
+        failed = self._fail_pending(self._death_reason)
+        self._log_event(
+            "loop_thread.died",
+            level="error",
+            reason=self._death_reason,
+            calls_failed=failed,
+            during_stop=stopping,
+            exc_info=crash,
+        )
+        try:
+            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=self._cancel_grace))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), self._cancel_grace))
+        except BaseException as exc:  # noqa: BLE001 - best effort on a loop that already failed
+            self._log_event("loop_thread.cleanup_failed", level="warning", error=repr(exc))
+        self._report = ShutdownReport(finished=True, cancelled=failed, deadline_hit=False)
+
+    def _close(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
+        # Not loop.shutdown_default_executor(): it starts a thread, which Python 3.12+ refuses
+        # at interpreter exit. Joining the workers ourselves is bounded and starts nothing.
+        executor.shutdown(wait=False, cancel_futures=True)
+        for worker in list(getattr(executor, "_threads", ())):
+            worker.join(self._cancel_grace)
+        loop.close()
+        with self._state_lock:
+            if self._state is State.STOPPING:
+                self._state = State.STOPPED
+        self._fail_pending(f"LoopThread {self._name!r} stopped")
+        self._stopped.set()
+        _process.unregister(self)
+        self._log_event("loop_thread.stopped", report=self._report)
+
+    def _fail_pending(self, reason: str) -> int:
+        calls = list(self._pending)
+        self._pending.clear()
+        self._inbox.clear()
+        for call in calls:
+            if call.task is None:  # never started: close it so it does not warn
+                call.coro.close()
+            call.finish(None, LoopNotRunningError(f"LoopThread {self._name!r}: {reason}."))
+        return len(calls)
+
+    # ------------------------------------------------------------------ hooks for the rest
+
+    def _add_stop_hook(
+        self, kind: Literal["drain", "close"], hook: Callable[[float], Awaitable[int | None]]
+    ) -> None:
+        """Run ``hook(deadline)`` on the loop during stop().
+
+        ``drain`` hooks (channels) run concurrently with the calls in flight and return how many
+        accepted items they could not handle; ``close`` hooks (enricher chains, resources) run
+        after the calls, one at a time, last registered first.
+        """
+        self._stop_hooks.append((kind, hook))
+
+    def _remove_stop_hook(self, hook: Callable[[float], Awaitable[int | None]]) -> None:
+        self._stop_hooks = [(k, h) for k, h in self._stop_hooks if h != hook]
+
+    # ------------------------------------------------------------------ process events
+
+    def _after_fork_in_child(self) -> None:
+        """Called in a forked child: the thread is gone, so this object must say so."""
+        self._state_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._started = threading.Event()
+        self._started.set()
+        if self._state is not State.NEW:
+            self._state = State.DEAD
+            self._death_reason = f"it was started in process {self._pid}, before fork()"
+        else:
+            self._pid = os.getpid()
+        self._pending.clear()
+        self._inbox.clear()
+        self._thread_id = None
+
+    def _not_running_message(self) -> str:
+        state = self._state
+        if state is State.NEW:
+            return (
+                f"LoopThread {self._name!r} is not started: call lt.start() first, use "
+                "`with LoopThread() as lt:`, or use loopthread.default()."
+            )
+        if state is State.STARTING:
+            return f"LoopThread {self._name!r} is still starting: wait for lt.start() to return."
+        if state is State.DEAD and self._pid != os.getpid():
+            return (
+                f"LoopThread {self._name!r} was started in process {self._pid}, and its thread "
+                "does not exist in this forked child. Use loopthread.default() (replaced in "
+                "the child) or create a new LoopThread in the child."
+            )
+        return (
+            f"LoopThread {self._name!r} is {state.value}{self._death_suffix()}: it takes no more "
+            "work. Create a new LoopThread, or use loopthread.default()."
+        )
+
+    def _death_suffix(self) -> str:
+        return f" ({self._death_reason})" if self._death_reason else ""
+
+    def _log_event(self, event: str, *, level: str = "info", **fields: Any) -> None:
+        try:
+            getattr(logger, level)(event, loop_thread=self._name, **fields)
+        except Exception:  # noqa: BLE001 - a broken log setup must not break the lifecycle
+            pass
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+async def _count(awaitable: Awaitable[int | None]) -> int:
+    return (await awaitable) or 0
+
+
+async def _bounded(awaitable: Awaitable[Any], deadline: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, _remaining(deadline))
+    except BaseException as exc:  # noqa: BLE001 - one failing closer must not skip the others
+        logger.warning("loop_thread.close_hook_failed", error=repr(exc))
+
+
+def _thread_stack(thread_id: int | None) -> str:
+    frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+    return "".join(traceback.format_stack(frame)) if frame is not None else ""
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError as exc:
+        raise ImportError(
+            "LoopThread(uvloop=True) needs uvloop: pip install 'loopthread[uvloop]'."
+        ) from exc
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
