@@ -1,0 +1,22 @@
+"""Shared fixtures. Every test runs under pytest-timeout (see pyproject.toml)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import loopthread
+
+
+@pytest.fixture(name="lt")
+def fixture_lt() -> Iterator[loopthread.LoopThread]:
+    """A started LoopThread, stopped (and checked to have stopped) after the test."""
+    lt = loopthread.LoopThread("test-loop")
+    lt.start()
+    try:
+        yield lt
+    finally:
+        report = lt.stop(timeout=5.0)
+        assert not lt.running
+        assert report.finished or lt.state == "dead"
