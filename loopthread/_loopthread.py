@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -262,6 +263,9 @@ class LoopThread:
         self._wake_scheduled = False
         self._pending: set[_Call] = set()
         self._stop_hooks: list[tuple[str, Callable[[float], Awaitable[int | None]]]] = []
+        # What runs on this loop, for stats and metrics: each object has a .stats() method.
+        self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._chains: weakref.WeakSet[Any] = weakref.WeakSet()
 
         self._loops_created = 0
         self._calls_started = 0

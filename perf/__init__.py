@@ -1,0 +1,1 @@
+"""loopthread's benchmarks. `python -m perf` runs them all and prints one report."""

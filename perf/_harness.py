@@ -1,0 +1,90 @@
+"""What every benchmark shares: interleaved rounds, medians, p99, ratios, a markdown table.
+
+These machines are noisy: absolute times drift between runs, ratios measured in the same run
+hold. So every benchmark runs its competitors interleaved (A, B, C, A, B, C, ...) for several
+rounds and reports medians and ratios to a named baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+__all__ = ["Result", "interleave", "markdown_table", "p99", "parse_args", "timed"]
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The flags every benchmark takes (``--quick`` for a short smoke run)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="few rounds, small counts")
+    return parser.parse_args()
+
+
+class Result:
+    """Per-operation samples of one competitor, in seconds."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.per_op: list[float] = []  # one value per round: mean seconds per operation
+        self.samples: list[float] = []  # individual operation times, where measured
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_op)
+
+    @property
+    def p99(self) -> float:
+        return p99(self.samples) if self.samples else max(self.per_op)
+
+
+def p99(values: Sequence[float]) -> float:
+    """The 99th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def timed(fn: Callable[[], object], n: int, *, samples: list[float] | None = None) -> float:
+    """Run ``fn`` ``n`` times; return the mean seconds per call (and keep samples if asked)."""
+    clock = time.perf_counter
+    if samples is None:
+        start = clock()
+        for _ in range(n):
+            fn()
+        return (clock() - start) / n
+    total_start = clock()
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        samples.append(clock() - t0)
+    return (clock() - total_start) / n
+
+
+def interleave(
+    competitors: dict[str, Callable[[], float]], rounds: int, *, warmup: int = 1
+) -> dict[str, Result]:
+    """Run each competitor once per round, in turn; each returns seconds per operation."""
+    results = {name: Result(name) for name in competitors}
+    for _ in range(warmup):
+        for run in competitors.values():
+            run()
+    for _ in range(rounds):
+        for name, run in competitors.items():
+            gc.collect()
+            results[name].per_op.append(run())
+    return results
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Render a GitHub-flavoured markdown table."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
