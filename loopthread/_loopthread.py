@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import inspect
 import os
 import sys
 import threading
@@ -361,8 +362,10 @@ class LoopThread:
             pass
 
     def _wait_stopped(self, deadline: float, started: float) -> ShutdownReport:
-        remaining = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
+        remaining = None if deadline == float("inf") else _remaining(deadline)
         if self._stopped.wait(remaining) and self._report is not None:
+            # The thread has only its last log line left; joining makes stop() mean "gone".
+            self._thread.join(None if deadline == float("inf") else max(0.1, _remaining(deadline)))
             return self._report
         # The loop thread did not finish in time: something blocks the loop (a coroutine that
         # calls time.sleep, a callback that never returns). Nothing may wait on it any longer.
@@ -555,6 +558,14 @@ class LoopThread:
                 raise TypeError(f"lt.gather() argument {index}: {exc}") from None
         if not coros:
             return []
+        try:
+            # Refuse before the inner coroutines are handed to _gather: once inside it, a
+            # refusal would close only _gather and leave them "never awaited".
+            timeout = check_timeout(timeout)
+            self._check_accepting("lt.gather")
+        except Exception:
+            close_awaitables(coros)
+            raise
         return self.run(_gather(coros, return_exceptions), timeout=timeout)
 
     def submit(self, awaitable: Awaitable[T], /) -> Future[T]:
@@ -590,14 +601,21 @@ class LoopThread:
             coro.close()
             raise
 
-    def _enqueue(self, call: _Call, blocking_api: str | None) -> None:
+    def _check_accepting(self, blocking_api: str | None) -> None:
+        """Raise if a call made now would be refused (the state is checked again on enqueue)."""
         if blocking_api is not None and threading.get_ident() == self._thread_id:
-            call.coro.close()
             raise WouldDeadlockError(
                 f"{blocking_api}() was called from the loop thread of LoopThread "
                 f"{self._name!r}; it would wait forever for itself. Inside a coroutine, "
                 "await the coroutine instead (result = await fetch()), or use lt.submit()."
             )
+        if self._state is not State.RUNNING:
+            raise LoopNotRunningError(self._not_running_message())
+
+    def _enqueue(self, call: _Call, blocking_api: str | None) -> None:
+        if blocking_api is not None and threading.get_ident() == self._thread_id:
+            call.coro.close()
+            self._check_accepting(blocking_api)
         with self._state_lock:
             if self._state is not State.RUNNING:
                 call.coro.close()
@@ -680,11 +698,14 @@ class LoopThread:
         return loop.create_task(coro, context=context)
 
     async def _execute(self, call: _Call) -> None:
+        if call.done:  # cancelled between its task's creation and this first step
+            return
         try:
             result = await call.coro
         except BaseException as exc:  # noqa: BLE001 - every outcome goes to the caller
             # SystemExit and KeyboardInterrupt raised by the coroutine reach the caller and do
             # not stop the loop, which is why this catches BaseException.
+            call.coro.close()  # a task cancelled before its first step never awaited it
             self._finish_failed(call, exc)
         else:
             self._pending.discard(call)
@@ -718,7 +739,10 @@ class LoopThread:
             return
         call.cancel_reason = reason
         task = call.task
-        if task is None:  # still in the inbox: it never starts
+        if task is None or inspect.getcoroutinestate(call.coro) == inspect.CORO_CREATED:
+            # Not started: it never will. Cancelling a task before its first step would skip
+            # _execute entirely (and with it the caller's wake-up), so finish the call here;
+            # _execute, if its task runs later, sees it done and returns.
             call.coro.close()
             self._finish_failed(call, asyncio.CancelledError())
         else:
@@ -790,11 +814,13 @@ class LoopThread:
 
         me = asyncio.current_task()
         leftovers = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        call_tasks = set()
         for call in list(self._pending):
-            if call.task is not None and not call.task.done():
-                call.cancel_reason = "stop"
+            call_tasks.add(call.task)
+            self._cancel_on_loop(call, "stop")
         for task in leftovers:
-            task.cancel()
+            if task not in call_tasks:
+                task.cancel()
         if leftovers:
             await asyncio.wait(leftovers, timeout=_remaining(cancel_deadline))
         abandoned = sum(1 for t in leftovers if not t.done())

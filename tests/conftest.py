@@ -20,3 +20,13 @@ def fixture_lt() -> Iterator[loopthread.LoopThread]:
         report = lt.stop(timeout=5.0)
         assert not lt.running
         assert report.finished or lt.state == "dead"
+
+
+@pytest.fixture(name="_stop_default_loop_at_session_end", scope="session", autouse=True)
+def fixture_stop_default_loop_at_session_end() -> Iterator[None]:
+    """Stop the default loop before pytest prints its summary, so its exit logs come first."""
+    yield
+    from loopthread import _process
+
+    if _process._default is not None:
+        _process._default.stop()
