@@ -895,8 +895,7 @@ class LoopThread:
         self._pending.clear()
         self._inbox.clear()
         for call in calls:
-            if call.task is None:  # never started: close it so it does not warn
-                call.coro.close()
+            _close_if_unstarted(call.coro)
             call.finish(None, LoopNotRunningError(f"LoopThread {self._name!r}: {reason}."))
         return len(calls)
 
@@ -961,6 +960,19 @@ class LoopThread:
         try:
             getattr(logger, level)(event, loop_thread=self._name, **fields)
         except Exception:  # noqa: BLE001 - a broken log setup must not break the lifecycle
+            pass
+
+
+def _close_if_unstarted(coro: Coroutine[Any, Any, Any]) -> None:
+    """Close a coroutine that never ran, so it does not warn "never awaited".
+
+    This may run on another thread than the loop's (stop() giving up on a blocked loop); a
+    coroutine the loop thread is executing right then refuses, and is left to its task.
+    """
+    if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+        try:
+            coro.close()
+        except (ValueError, RuntimeError):
             pass
 
 

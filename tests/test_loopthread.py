@@ -461,8 +461,9 @@ def test_loop_factory_is_used() -> None:
 
 
 def test_uvloop_option() -> None:
-    """uvloop=True runs on a uvloop loop."""
-    uvloop = pytest.importorskip("uvloop")
+    """uvloop=True runs on a uvloop loop (the test venv installs the uvloop extra)."""
+    import uvloop
+
     with LoopThread("uv", uvloop=True) as lt:
         assert isinstance(lt.loop, uvloop.Loop)
         assert lt.run(suspend_then_echo(4)) == 4
@@ -588,15 +589,21 @@ def test_stop_with_calls_in_flight_answers_everyone() -> None:
 def test_stop_lets_running_work_finish(lt: LoopThread) -> None:
     """Work in flight that finishes before the deadline completes normally during stop()."""
     release = threading.Event()
+    entered = threading.Event()
 
     async def finishing() -> str:
+        entered.set()
         await asyncio.get_running_loop().run_in_executor(None, release.wait, 5)
         return "done"
 
+    async def on_stop(deadline: float) -> int:
+        release.set()  # runs once stop() has begun, while finishing() is in flight
+        return 0
+
+    lt._add_stop_hook("drain", on_stop)
     fut = lt.submit(finishing())
-    stopper = concurrent.futures.ThreadPoolExecutor(1).submit(lt.stop, 5.0)
-    release.set()
-    report = stopper.result(timeout=10)
+    assert entered.wait(5)
+    report = lt.stop(5.0)
     assert fut.result(timeout=1) == "done"
     assert report.finished
     assert report.cancelled == 0
@@ -707,6 +714,7 @@ def test_repr_and_stats(lt: LoopThread) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_loopthread_from_parent_raises_in_forked_child(lt: LoopThread) -> None:
     """A LoopThread inherited across fork() raises in the child instead of hanging."""
     lt.run(echo(1))

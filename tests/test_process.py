@@ -19,6 +19,10 @@ import loopthread
 from loopthread import LoopNotRunningError, _process
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# Forking a multi-threaded process is exactly the scenario under test (3.12+ warns about it).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
 
 
 async def thread_ident() -> int:
