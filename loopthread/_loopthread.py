@@ -33,12 +33,16 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import CoroutineType, TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from loopthread import _process
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
 from loopthread._log import logger
 from loopthread._validate import as_coroutine, check_positive_int, check_timeout, close_awaitables
+
+if TYPE_CHECKING:
+    from loopthread._channel import Channel, Overflow
+    from loopthread._resource import Resource
 
 __all__ = ["LoopStats", "LoopThread", "ShutdownReport"]
 
@@ -48,6 +52,9 @@ P = ParamSpec("P")
 # Python 3.12+ can run a Task's first step synchronously ("eager"): a coroutine that finishes
 # without suspending then costs no extra loop iteration. 3.11 has no such option.
 _EAGER = sys.version_info >= (3, 12)
+
+# The least stop() waits for the loop thread before declaring it stuck (seconds).
+_STOP_FLOOR = 0.25
 
 _CancelReason = Literal["timeout", "interrupted", "cancelled", "stop"]
 
@@ -362,7 +369,9 @@ class LoopThread:
             pass
 
     def _wait_stopped(self, deadline: float, started: float) -> ShutdownReport:
-        remaining = None if deadline == float("inf") else _remaining(deadline)
+        # Stopping an idle loop takes a fraction of a millisecond of the loop thread's time, so
+        # even stop(timeout=0) gets a short floor before the loop is declared stuck.
+        remaining = None if deadline == float("inf") else max(_STOP_FLOOR, _remaining(deadline))
         if self._stopped.wait(remaining) and self._report is not None:
             # The thread has only its last log line left; joining makes stop() mean "gone".
             self._thread.join(None if deadline == float("inf") else max(0.1, _remaining(deadline)))
@@ -591,6 +600,58 @@ class LoopThread:
 
         future.add_done_callback(on_done)
         return future
+
+    def channel(
+        self,
+        handler: Callable[[list[T]], Awaitable[object] | None],
+        *,
+        maxsize: int = 10_000,
+        overflow: Overflow = "block",
+        batch_size: int = 256,
+        name: str | None = None,
+    ) -> Channel[T]:
+        """Open a channel: any thread ``put``s items, ``handler(batch)`` handles them on the loop.
+
+        ``handler`` is usually ``async def handler(batch: list[T]) -> None``; it gets 1 to
+        ``batch_size`` items in FIFO order, one call at a time. ``overflow`` says what ``put``
+        does when ``maxsize`` items are waiting: ``"block"``, ``"drop_newest"``,
+        ``"drop_oldest"`` or ``"error"``. :meth:`stop` closes and drains the channel. See
+        :class:`loopthread.Channel`.
+
+        Raises:
+            TypeError, ValueError: a bad handler, size, policy or name.
+            LoopNotRunningError: the loop is not running.
+        """
+        from loopthread._channel import Channel
+
+        channel = Channel(
+            self, handler, maxsize=maxsize, overflow=overflow, batch_size=batch_size, name=name
+        )
+        self._channels.add(channel)
+        return channel
+
+    def resource(
+        self,
+        factory: Callable[[], Awaitable[T]],
+        *,
+        close: Callable[[T], Awaitable[object] | object] | None = None,
+        name: str | None = None,
+    ) -> Resource[T]:
+        """Declare a value (a connection pool, a session) created lazily on this loop.
+
+        ``await res.get()`` on the loop calls ``await factory()`` once (concurrent first calls
+        share it; a failure is retried on the next ``get()``) and then returns the cached
+        value. :meth:`stop` closes created values in reverse order of creation, after the other
+        close hooks: ``await close(value)`` if given, else the value's ``aclose()`` or
+        ``close()``. Cheap: creates nothing until the first ``get()``; callable before
+        :meth:`start`. See :class:`loopthread.Resource`.
+
+        Raises:
+            TypeError: ``factory`` or ``close`` is not callable, or ``name`` is not a str.
+        """
+        from loopthread._resource import Resource
+
+        return Resource(self, factory, close=close, name=name)
 
     # ------------------------------------------------------------------ crossing threads
 
@@ -886,6 +947,9 @@ class LoopThread:
             if self._state is State.STOPPING:
                 self._state = State.STOPPED
         self._fail_pending(f"LoopThread {self._name!r} stopped")
+        # Thread idents are reused once a thread ends: forget ours, or a new thread that gets
+        # it would be taken for the loop thread by the deadlock guard.
+        self._thread_id = None
         self._stopped.set()
         _process.unregister(self)
         self._log_event("loop_thread.stopped", report=self._report)
