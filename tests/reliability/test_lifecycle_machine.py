@@ -12,6 +12,7 @@ import concurrent.futures
 import time
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -48,12 +49,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule()
     def start(self) -> None:
         if self.stopped:
-            try:
+            with pytest.raises(LoopThreadError, match="cannot be restarted"):
                 self.lt.start()
-            except LoopThreadError as exc:
-                assert "cannot be restarted" in str(exc)
-            else:  # pragma: no cover - a stopped loop must refuse
-                raise AssertionError("a stopped LoopThread restarted")
         else:
             assert self.lt.start() is self.lt
 
@@ -110,8 +107,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             try:
                 result = fut.result()
             except KeyError as exc:
-                assert kind == "keyerror"
-                assert exc.args == (expected,)
+                assert (kind, exc.args) == ("keyerror", (expected,))  # noqa: PT017
             except OK_ERRORS:
                 pass
             else:
