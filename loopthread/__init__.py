@@ -7,6 +7,9 @@ private modules.
 """
 
 from loopthread._blocking import blocking, run
+from loopthread._channel import Channel, ChannelStats
+from loopthread._enrich import ChainStats, EnricherChain, EnricherStats, enricher
+from loopthread._eventbus import EventBus, EventBusStats, Reporter
 from loopthread._exceptions import (
     ChannelClosedError,
     ChannelFullError,
@@ -16,18 +19,31 @@ from loopthread._exceptions import (
 )
 from loopthread._loopthread import LoopStats, LoopThread, ShutdownReport
 from loopthread._process import default
+from loopthread._resource import Resource
+from loopthread._signals import install_signal_handlers
 
 __all__ = [
+    "ChainStats",
+    "Channel",
     "ChannelClosedError",
     "ChannelFullError",
+    "ChannelStats",
+    "EnricherChain",
+    "EnricherStats",
+    "EventBus",
+    "EventBusStats",
     "LoopNotRunningError",
     "LoopStats",
     "LoopThread",
     "LoopThreadError",
+    "Reporter",
+    "Resource",
     "ShutdownReport",
     "WouldDeadlockError",
     "blocking",
     "default",
+    "enricher",
+    "install_signal_handlers",
     "run",
 ]
 

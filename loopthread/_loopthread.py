@@ -38,9 +38,18 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 from loopthread import _process
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
 from loopthread._log import logger
+from loopthread._monitor import (
+    CALL_DURATION_BUCKETS,
+    DEFAULT_REGISTRY,
+    Buckets,
+    LoopMonitor,
+    check_interval,
+)
 from loopthread._validate import as_coroutine, check_positive_int, check_timeout, close_awaitables
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from loopthread._channel import Channel, Overflow
     from loopthread._resource import Resource
 
@@ -55,6 +64,8 @@ _EAGER = sys.version_info >= (3, 12)
 
 # The least stop() waits for the loop thread before declaring it stuck (seconds).
 _STOP_FLOOR = 0.25
+# The least each close hook gets during stop(), even past the deadline (seconds).
+_CLOSE_FLOOR = 0.05
 
 _CancelReason = Literal["timeout", "interrupted", "cancelled", "stop"]
 
@@ -219,6 +230,13 @@ class LoopThread:
         executor_workers: size of the loop's default executor, shared by everything that runs
             on this loop (None: the ``ThreadPoolExecutor`` default).
         cancel_grace: seconds a caller that gives up waits for the cancelled coroutine's cleanup.
+        metrics_registry: the ``prometheus_client.CollectorRegistry`` this loop's metrics
+            are served from (see :mod:`loopthread.metrics`); default: the global registry;
+            None: no metrics.
+        lag_interval: seconds between two loop-lag measurements (None: off, and an idle loop
+            then never wakes up).
+        slow_callback: a loop iteration running longer than this many seconds is logged once
+            as ``loop_thread.stalled``, with the loop thread's stack (None: no watchdog).
 
     Raises:
         TypeError, ValueError: an option is of the wrong type or out of range.
@@ -233,6 +251,9 @@ class LoopThread:
         uvloop: bool = False,
         executor_workers: int | None = None,
         cancel_grace: float = 1.0,
+        metrics_registry: CollectorRegistry | None = DEFAULT_REGISTRY,  # type: ignore[assignment]
+        lag_interval: float | None = 0.5,
+        slow_callback: float | None = 0.1,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str; got {name!r}.")
@@ -281,6 +302,17 @@ class LoopThread:
         self._calls_failed = 0
         self._calls_timed_out = 0
         self._calls_cancelled = 0
+
+        self._lag_interval = check_interval(lag_interval, "lag_interval")
+        self._slow_callback = check_interval(slow_callback, "slow_callback")
+        self._monitor: LoopMonitor | None = None
+        self._call_durations: Buckets | None = None
+        self._metrics: Any = None
+        if metrics_registry is not None:
+            from loopthread import metrics  # prometheus_client is imported only when used
+
+            self._metrics = metrics._collector_for(metrics_registry)
+            self._call_durations = Buckets(CALL_DURATION_BUCKETS)
 
         _process.register(self)
 
@@ -512,7 +544,7 @@ class LoopThread:
         if timeout is not None:
             timeout = self._checked_timeout(timeout, coro)
         call = _BlockingCall(coro, contextvars.copy_context())
-        self._enqueue(call, "lt.run")
+        self._enqueue_guarded(call, "lt.run")
         return self._wait(call, timeout, "lt.run")  # type: ignore[no-any-return]
 
     def call(
@@ -592,7 +624,7 @@ class LoopThread:
         )
         future: Future[T] = Future()
         call = _FutureCall(coro, contextvars.copy_context(), future)
-        self._enqueue(call, None)
+        self._enqueue_guarded(call, None)
 
         def on_done(fut: Future[T]) -> None:
             if fut.cancelled():
@@ -672,6 +704,21 @@ class LoopThread:
             )
         if self._state is not State.RUNNING:
             raise LoopNotRunningError(self._not_running_message())
+
+    def _enqueue_guarded(self, call: _Call, blocking_api: str | None) -> None:
+        try:
+            self._enqueue(call, blocking_api)
+        except LoopThreadError:
+            raise  # refused: nothing was queued
+        except BaseException:
+            # A signal (Ctrl-C) can raise between any two bytecodes of _enqueue, e.g. after
+            # the call was queued or the wake-up flag set, but before the loop was woken.
+            # Cancelling through the loop also drains the inbox, which repairs the flag.
+            if isinstance(call, _BlockingCall):
+                self._cancel_and_wait(call, "interrupted")
+            else:
+                self._cancel_soon(call, "interrupted")
+            raise
 
     def _enqueue(self, call: _Call, blocking_api: str | None) -> None:
         if blocking_api is not None and threading.get_ident() == self._thread_id:
@@ -761,6 +808,8 @@ class LoopThread:
     async def _execute(self, call: _Call) -> None:
         if call.done:  # cancelled between its task's creation and this first step
             return
+        durations = self._call_durations
+        started = time.perf_counter() if durations is not None else 0.0
         try:
             result = await call.coro
         except BaseException as exc:  # noqa: BLE001 - every outcome goes to the caller
@@ -775,6 +824,8 @@ class LoopThread:
             else:
                 self._calls_ok += 1
             call.finish(result, None)
+        if durations is not None:  # after finish(): the caller is not kept waiting for this
+            durations.observe(time.perf_counter() - started)
 
     def _finish_failed(self, call: _Call, exc: BaseException) -> None:
         self._pending.discard(call)
@@ -796,18 +847,19 @@ class LoopThread:
         call.finish(None, exc)
 
     def _cancel_on_loop(self, call: _Call, reason: _CancelReason) -> None:
-        if call.done:
-            return
-        call.cancel_reason = reason
-        task = call.task
-        if task is None or inspect.getcoroutinestate(call.coro) == inspect.CORO_CREATED:
-            # Not started: it never will. Cancelling a task before its first step would skip
-            # _execute entirely (and with it the caller's wake-up), so finish the call here;
-            # _execute, if its task runs later, sees it done and returns.
-            call.coro.close()
-            self._finish_failed(call, asyncio.CancelledError())
-        else:
-            task.cancel()
+        if not call.done:
+            call.cancel_reason = reason
+            task = call.task
+            if task is None or inspect.getcoroutinestate(call.coro) == inspect.CORO_CREATED:
+                # Not started: it never will. Cancelling a task before its first step would
+                # skip _execute entirely (and with it the caller's wake-up), so finish the call
+                # here; _execute, if its task runs later, sees it done and returns.
+                call.coro.close()
+                self._finish_failed(call, asyncio.CancelledError())
+            else:
+                task.cancel()
+        if self._inbox:  # see _enqueue_guarded: a caller may have been interrupted mid-wake
+            self._drain_inbox()
 
     # ------------------------------------------------------------------ the thread
 
@@ -831,6 +883,7 @@ class LoopThread:
         self._executor = executor
         self._thread_id = threading.get_ident()
         self._loops_created += 1
+        self._start_monitoring(loop)
         loop.call_soon(self._on_running)
         crash: BaseException | None = None
         try:
@@ -840,6 +893,21 @@ class LoopThread:
         if self._report is None:
             self._on_death(loop, crash)
         self._close(loop, executor)
+
+    def _start_monitoring(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Observability must never keep a loop from running: a failure here is logged.
+        try:
+            if self._lag_interval is not None or self._slow_callback is not None:
+                self._monitor = LoopMonitor.start(
+                    self._name,
+                    loop,
+                    lag_interval=self._lag_interval,
+                    slow_callback=self._slow_callback,
+                )
+            if self._metrics is not None:
+                self._metrics.attach(self)
+        except Exception as exc:  # noqa: BLE001
+            self._log_event("loop_thread.monitoring_failed", level="error", error=repr(exc))
 
     def _on_running(self) -> None:
         with self._state_lock:
@@ -855,17 +923,17 @@ class LoopThread:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         budget = max(0.0, deadline - started)
-        # Reserve part of the budget for cancellation and for closing resources, so a hanging
-        # handler or call cannot eat the whole deadline.
-        reserve = min(budget / 2, self._cancel_grace + 0.5)
-        soft_deadline = deadline - reserve
-        cancel_deadline = min(deadline, soft_deadline + self._cancel_grace)
+        # The budget is split so that a hanging handler or call cannot eat it all: running work
+        # and channel drains get the first part, cancellation up to cancel_grace of the rest,
+        # and closing (enricher shutdowns, resources, async generators) the last quarter.
+        cancel_deadline = deadline - min(budget / 4, 1.0)
+        soft_deadline = cancel_deadline - min((cancel_deadline - started) / 2, self._cancel_grace)
 
         self._drain_inbox()  # everything accepted before stop() starts now
         in_flight = [c.task for c in list(self._pending) if c.task is not None]
         drains = [
             loop.create_task(_count(hook(soft_deadline)))
-            for kind, hook in self._stop_hooks
+            for kind, hook in list(self._stop_hooks)
             if kind == "drain"
         ]
         waiting = {t for t in in_flight if not t.done()} | set(drains)
@@ -888,7 +956,7 @@ class LoopThread:
 
         unhandled = sum(d.result() for d in drains if d.done() and not d.cancelled())
         unhandled += sum(1 for d in drains if d.cancelled())  # at least one item each; a floor
-        for kind, hook in reversed(self._stop_hooks):
+        for kind, hook in reversed(list(self._stop_hooks)):
             if kind == "close":
                 await _bounded(hook(deadline), deadline)
         try:
@@ -937,6 +1005,8 @@ class LoopThread:
         self._report = ShutdownReport(finished=True, cancelled=failed, deadline_hit=False)
 
     def _close(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
+        if self._monitor is not None:  # first: from here on the loop never enters select
+            self._monitor.close()
         # Not loop.shutdown_default_executor(): it starts a thread, which Python 3.12+ refuses
         # at interpreter exit. Joining the workers ourselves is bounded and starts nothing.
         executor.shutdown(wait=False, cancel_futures=True)
@@ -950,6 +1020,8 @@ class LoopThread:
         # Thread idents are reused once a thread ends: forget ours, or a new thread that gets
         # it would be taken for the loop thread by the deadlock guard.
         self._thread_id = None
+        if self._metrics is not None:  # before _stopped: stop()'s caller sees the final counts
+            self._metrics.retire(self)
         self._stopped.set()
         _process.unregister(self)
         self._log_event("loop_thread.stopped", report=self._report)
@@ -966,18 +1038,29 @@ class LoopThread:
     # ------------------------------------------------------------------ hooks for the rest
 
     def _add_stop_hook(
-        self, kind: Literal["drain", "close"], hook: Callable[[float], Awaitable[int | None]]
+        self,
+        kind: Literal["drain", "close"],
+        hook: Callable[[float], Awaitable[int | None]],
+        *,
+        run_last: bool = False,
     ) -> None:
         """Run ``hook(deadline)`` on the loop during stop().
 
         ``drain`` hooks (channels) run concurrently with the calls in flight and return how many
         accepted items they could not handle; ``close`` hooks (enricher chains, resources) run
-        after the calls, one at a time, last registered first.
+        after the calls, one at a time, last registered first; ``run_last`` puts a close hook
+        after all the others (resources, which the others may still use).
+        Safe from any thread: hooks are added from user threads and removed on the loop.
         """
-        self._stop_hooks.append((kind, hook))
+        with self._state_lock:
+            if run_last:
+                self._stop_hooks.insert(0, (kind, hook))
+            else:
+                self._stop_hooks.append((kind, hook))
 
     def _remove_stop_hook(self, hook: Callable[[float], Awaitable[int | None]]) -> None:
-        self._stop_hooks = [(k, h) for k, h in self._stop_hooks if h != hook]
+        with self._state_lock:
+            self._stop_hooks = [(k, h) for k, h in self._stop_hooks if h != hook]
 
     # ------------------------------------------------------------------ process events
 
@@ -1050,7 +1133,9 @@ async def _count(awaitable: Awaitable[int | None]) -> int:
 
 async def _bounded(awaitable: Awaitable[Any], deadline: float) -> None:
     try:
-        await asyncio.wait_for(awaitable, _remaining(deadline))
+        # A floor, so a closer is at least started when earlier phases used up the deadline:
+        # wait_for(..., 0) would cancel it before its first line and skip the close entirely.
+        await asyncio.wait_for(awaitable, max(_CLOSE_FLOOR, _remaining(deadline)))
     except BaseException as exc:  # noqa: BLE001 - one failing closer must not skip the others
         logger.warning("loop_thread.close_hook_failed", error=repr(exc))
 

@@ -762,3 +762,27 @@ async def _thread_name() -> str:
 def test_module_run_uses_default() -> None:
     """loopthread.run() runs on the default loop."""
     assert loopthread.run(_thread_name()) == "loopthread-default"
+
+
+def test_interrupt_between_queueing_and_waking_does_not_wedge(lt: LoopThread) -> None:
+    """Ctrl-C landing after a call was queued but before the loop was woken: the call is
+    cancelled, and later calls still run (the wake-up flag is repaired)."""
+    loop = lt.loop
+    real = loop.call_soon_threadsafe
+    fired: list[bool] = []
+
+    def interrupted_once(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if not fired:
+            fired.append(True)
+            raise KeyboardInterrupt
+        return real(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = interrupted_once  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lt.run(echo(1))
+    finally:
+        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+    assert fired
+    assert lt.run(echo(2), timeout=5) == 2
+    assert lt.stats().in_flight == 0

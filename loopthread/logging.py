@@ -1,0 +1,332 @@
+"""``LoopHandler``: a stdlib ``logging`` handler that enriches and writes records on the loop.
+
+It is ``QueueHandler`` + ``QueueListener`` in one object, with three differences that matter:
+
+* the queue is a loopthread channel, so the consumer costs nothing while idle and a burst of
+  records is handled in batches;
+* async enrichers add fields to each record (concurrently within a batch), and async sinks
+  (objects with ``async def emit_batch(records)``) receive whole batches;
+* the caller's cost is a copy and a ``put``: ``handle()`` does not take the handler lock around
+  ``emit()`` (the channel is thread-safe), which is what makes ``QueueHandler`` collapse when
+  several threads log at once.
+
+Wrapped ordinary handlers (``StreamHandler``, ``FileHandler``, ...) do blocking I/O, so they run
+in the loop thread's shared executor, never on the loop; each one sees the records in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
+from loopthread._log import RateLimiter, logger
+from loopthread._validate import check_choice, check_positive_int
+
+if TYPE_CHECKING:
+    from loopthread._channel import Channel
+    from loopthread._enrich import EnricherChain
+    from loopthread._loopthread import LoopThread
+
+__all__ = ["AsyncSink", "LoopHandler"]
+
+# Set while LoopHandler processes a batch (on the loop and in its executor jobs). A record
+# logged from there (an enricher that logs, a failing handler, loopthread's own warnings routed
+# back into logging) is written straight to the wrapped handlers instead of being queued again:
+# queueing it would feed the handler its own output, forever.
+_processing: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "loopthread_logging_processing", default=False
+)
+
+_OVERFLOW = ("block", "drop_newest", "drop_oldest", "error")
+
+
+@runtime_checkable
+class AsyncSink(Protocol):
+    """An async destination for whole batches of records (a network client, a database)."""
+
+    async def emit_batch(self, records: Sequence[logging.LogRecord]) -> None:
+        """Write the records, in order."""
+
+
+class LoopHandler(logging.Handler):
+    """Hand records to the loop thread; enrich them there and pass them to ``handlers``.
+
+    Args:
+        *handlers: ordinary ``logging.Handler`` objects and/or async sinks
+            (objects with ``async def emit_batch(records)``).
+        handler_names: names of handlers configured elsewhere (``logging.config.dictConfig``),
+            looked up when the first record arrives.
+        enrichers: an ``EnricherChain``, or enrichers to build one from; their fields become
+            record attributes.
+        loop_thread: the LoopThread to use (None: ``loopthread.default()``, looked up at first
+            use and again after ``fork()``).
+        maxsize, overflow, batch_size: the channel's settings (see ``LoopThread.channel``).
+        level: this handler's level.
+        enrich_timeout: per-enricher timeout when ``enrichers`` is a list (seconds).
+
+    Raises:
+        TypeError: a handler is neither a ``logging.Handler`` nor an async sink.
+        ValueError: a bad ``maxsize``, ``batch_size`` or ``overflow``.
+    """
+
+    def __init__(
+        self,
+        *handlers: logging.Handler | AsyncSink,
+        handler_names: Iterable[str] = (),
+        enrichers: EnricherChain | Iterable[Any] = (),
+        loop_thread: LoopThread | None = None,
+        maxsize: int = 10_000,
+        overflow: str = "block",
+        batch_size: int = 256,
+        level: int | str = logging.NOTSET,
+        enrich_timeout: float = 0.1,
+    ) -> None:
+        super().__init__(level)
+        for handler in handlers:
+            if not isinstance(handler, logging.Handler) and not isinstance(handler, AsyncSink):
+                raise TypeError(
+                    "LoopHandler wraps logging.Handler objects or async sinks (objects with "
+                    f"`async def emit_batch(records)`); got {type(handler).__name__}."
+                )
+        if isinstance(handler_names, str):
+            raise TypeError(
+                f"handler_names takes a list of names, e.g. [{handler_names!r}], not a str."
+            )
+        self._handlers: list[logging.Handler | AsyncSink] = list(handlers)
+        self._handler_names = list(handler_names)
+        self._maxsize = check_positive_int(maxsize, "maxsize")
+        self._overflow = check_choice(overflow, "overflow", _OVERFLOW)
+        self._batch_size = check_positive_int(batch_size, "batch_size")
+        self._loop_thread = loop_thread
+        self._enrichers = enrichers
+        self._enrich_timeout = enrich_timeout
+        self._chain: EnricherChain | None = None
+        self._channel: Channel[logging.LogRecord] | None = None
+        self._bound_to: LoopThread | None = None
+        self._errors = RateLimiter(10.0)
+        self.dropped = 0  # refused by the overflow policy
+        self.written_directly = 0  # written in the caller's thread (loop gone, or nested)
+        self.handler_errors = 0
+
+    # ------------------------------------------------------------------ caller side
+
+    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
+        """Filter and enqueue ``record`` without taking the handler lock (the channel is safe)."""
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Make ``record`` safe to hand off and put it in the channel. Never raises."""
+        try:
+            prepared = self.prepare(record)
+            if _processing.get():
+                self._write_directly(prepared)
+                return
+            channel = self._live_channel()
+            if channel is None:
+                self._write_directly(prepared)
+                return
+            try:
+                accepted = channel.put(prepared)
+            except (ChannelClosedError, LoopNotRunningError):
+                self._write_directly(prepared)
+                return
+            if not accepted:
+                self.dropped += 1
+        except Exception:  # noqa: BLE001 - logging never raises into the application
+            self.handleError(record)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """A copy that later changes by the caller cannot affect (as ``QueueHandler.prepare``).
+
+        The message is merged (``msg`` = the formatted message, ``args`` cleared) and the
+        exception rendered to ``exc_text`` (``exc_info`` cleared: tracebacks hold frames, which
+        must not cross threads). Unlike ``QueueHandler``, ``exc_text`` is kept apart from the
+        message, so each wrapped handler's own formatter still lays out the traceback.
+        """
+        message = record.getMessage()
+        record = copy.copy(record)
+        record.message = message
+        record.msg = message
+        record.args = None
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = (self.formatter or _default_formatter).formatException(
+                    record.exc_info
+                )
+            record.exc_info = None
+        return record
+
+    def flush(self, timeout: float | None = 5.0) -> None:  # type: ignore[override]
+        """Wait until every record emitted so far was written (bounded by ``timeout``)."""
+        channel = self._channel
+        if channel is not None and not _processing.get():
+            try:
+                if self._bound_to is not None and self._bound_to.in_loop_thread():
+                    return  # the loop cannot wait for itself; records are written soon after
+                channel.flush(timeout)
+            except (ChannelClosedError, LoopNotRunningError):
+                pass
+        for handler in self._resolved_handlers():
+            if isinstance(handler, logging.Handler):
+                handler.flush()
+
+    def close(self) -> None:
+        """Drain the channel (bounded) and close it; the wrapped handlers stay open.
+
+        Wrapped handlers belong to whoever created them (``logging.shutdown`` closes them).
+        """
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            try:
+                channel.close(timeout=5.0)
+            except Exception:  # noqa: BLE001 - closing must go on whatever the channel says
+                pass
+        super().close()
+
+    def _live_channel(self) -> Channel[logging.LogRecord] | None:
+        channel = self._channel
+        if channel is not None and self._bound_to is not None and self._bound_to.running:
+            return channel
+        return self._bind()
+
+    def _bind(self) -> Channel[logging.LogRecord] | None:
+        """Create the channel on the loop thread (again, after fork or a dead default)."""
+        with self.lock or _null_lock:
+            if self._channel is not None and self._bound_to is not None:
+                if self._bound_to.running:
+                    return self._channel
+                if self._loop_thread is not None:
+                    return None  # the user's own loop is gone: write directly from now on
+            try:
+                from loopthread._process import default
+
+                lt = self._loop_thread or default()
+                chain = self._make_chain(lt)
+                self._channel = lt.channel(
+                    self._handle_batch,
+                    maxsize=self._maxsize,
+                    overflow=self._overflow,
+                    batch_size=self._batch_size,
+                    name=f"logging:{self.name or id(self)}",
+                )
+            except LoopNotRunningError:
+                return None  # interpreter exit: the caller writes directly
+            self._chain = chain
+            self._bound_to = lt
+            return self._channel
+
+    def _make_chain(self, lt: LoopThread) -> EnricherChain | None:
+        from loopthread._enrich import EnricherChain
+
+        enrichers = self._enrichers
+        if isinstance(enrichers, EnricherChain):
+            return enrichers
+        enrichers = list(enrichers)
+        if not enrichers:
+            return None
+        return EnricherChain(enrichers, timeout=self._enrich_timeout, loop_thread=lt)
+
+    def _resolved_handlers(self) -> list[logging.Handler | AsyncSink]:
+        if self._handler_names:
+            names, self._handler_names = self._handler_names, []
+            for name in names:
+                handler = _handler_by_name(name)
+                if handler is None:
+                    raise ValueError(
+                        f"LoopHandler: no logging handler named {name!r}; configure it in the "
+                        "same dictConfig (under 'handlers') or pass the object itself."
+                    )
+                self._handlers.append(handler)
+        return self._handlers
+
+    def _write_directly(self, record: logging.LogRecord) -> None:
+        # No loop to hand to (interpreter exit, a stopped loop) or a record logged while this
+        # handler itself is working: write it here, unenriched, rather than lose it.
+        self.written_directly += 1
+        for handler in self._resolved_handlers():
+            if isinstance(handler, logging.Handler):
+                handler.handle(record)
+
+    # ------------------------------------------------------------------ on the loop
+
+    async def _handle_batch(self, records: list[logging.LogRecord]) -> None:
+        token = _processing.set(True)
+        try:
+            chain = self._chain
+            if chain is not None:
+                await asyncio.gather(*(self._enrich(chain, r) for r in records))
+            handlers = self._resolved_handlers()
+            await asyncio.gather(*(self._deliver(h, records) for h in handlers))
+        finally:
+            _processing.reset(token)
+
+    async def _enrich(self, chain: EnricherChain, record: logging.LogRecord) -> None:
+        view: Mapping[str, Any] = record.__dict__
+        enriched = await chain.enrich(view)
+        for key, value in enriched.items():
+            if key not in view or view[key] is not value:
+                setattr(record, key, value)
+
+    async def _deliver(
+        self, handler: logging.Handler | AsyncSink, records: list[logging.LogRecord]
+    ) -> None:
+        try:
+            if isinstance(handler, logging.Handler):
+                loop = asyncio.get_running_loop()
+                context = contextvars.copy_context()  # carries _processing into the executor
+                try:
+                    await loop.run_in_executor(None, context.run, _handle_all, handler, records)
+                except RuntimeError:
+                    # The executor refuses work at interpreter exit (concurrent.futures shut
+                    # down before atexit ran us): write on the loop thread rather than lose it.
+                    _handle_all(handler, records)
+            else:
+                await handler.emit_batch(records)
+        except Exception as exc:  # noqa: BLE001 - one broken handler must not stop the others
+            self.handler_errors += 1
+            suppressed = self._errors.allow(id(handler))
+            if suppressed is not None:
+                logger.warning(
+                    "loop_handler.handler_failed",
+                    handler=repr(handler),
+                    error=repr(exc),
+                    suppressed=suppressed,
+                )
+
+
+def _handle_all(handler: logging.Handler, records: list[logging.LogRecord]) -> None:
+    for record in records:
+        handler.handle(record)  # applies the handler's level and filters, takes its lock
+
+
+def _handler_by_name(name: str) -> logging.Handler | None:
+    get = getattr(logging, "getHandlerByName", None)  # Python 3.12+
+    if get is not None:
+        handler: logging.Handler | None = get(name)
+        return handler
+    ref = logging._handlers.get(name)  # type: ignore[attr-defined]
+    return ref if isinstance(ref, logging.Handler) else None
+
+
+_default_formatter = logging.Formatter()
+
+
+class _NullLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+_null_lock = _NullLock()

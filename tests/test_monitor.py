@@ -1,0 +1,277 @@
+"""Lag monitor and watchdog: lag ticks, one warning per stall with its stack, no idle cost."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loopthread import LoopThread
+from loopthread._monitor import LAG_BUCKETS, Buckets, LoopMonitor, check_interval
+
+
+class StallLog:
+    """The ``loop_thread.stalled`` events of one LoopThread, and an Event set at the first one."""
+
+    def __init__(self, entries: list[MutableMapping[str, Any]], name: str) -> None:
+        self._entries = entries
+        self.name = name
+        self.logged = threading.Event()
+
+    def processor(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if event_dict.get("event") == "loop_thread.stalled" and (
+            event_dict.get("loop_thread") == self.name
+        ):
+            self.logged.set()
+        return event_dict
+
+    @property
+    def stalls(self) -> list[MutableMapping[str, Any]]:
+        return [
+            e
+            for e in list(self._entries)
+            if e.get("event") == "loop_thread.stalled" and e.get("loop_thread") == self.name
+        ]
+
+
+@pytest.fixture(name="stall_log")
+def fixture_stall_log() -> Iterator[StallLog]:
+    """Capture structlog events (global config) and signal the first stall of loop "stally"."""
+    entries: list[MutableMapping[str, Any]] = []
+    log = StallLog(entries, "stally")
+    with structlog.testing.capture_logs(processors=[log.processor]) as captured:
+        log._entries = captured
+        yield log
+
+
+def make_loop(**options: Any) -> LoopThread:
+    options.setdefault("metrics_registry", None)
+    return LoopThread("stally", **options).start()
+
+
+def blocks_the_loop() -> None:
+    time.sleep(0.3)  # the deliberate mistake: a blocking call on the loop thread
+
+
+def busy_for(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+async def blocking_coroutine() -> None:
+    blocks_the_loop()
+
+
+async def noop() -> None:
+    return None
+
+
+def monitor_of(lt: LoopThread) -> LoopMonitor:
+    monitor = lt._monitor
+    assert monitor is not None
+    return monitor
+
+
+def test_a_blocking_call_is_reported_once_with_its_stack(stall_log: StallLog) -> None:
+    """time.sleep(0.3) on the loop, between two lag ticks: exactly one warning naming it."""
+    lt = make_loop(lag_interval=0.5, slow_callback=0.1)
+    try:
+        lt.run(blocking_coroutine())
+        assert stall_log.logged.wait(5.0)
+        lt.run(noop())  # the loop went on: the stall is over
+        assert monitor_of(lt).stats().stalls == 1
+    finally:
+        lt.stop()
+    [event] = stall_log.stalls
+    assert event["log_level"] == "warning"
+    assert "blocks_the_loop" in event["stack"]
+    assert "time.sleep(0.3)" in event["stack"]
+    assert event["watchdog"] == "select"
+    assert "blocking_coroutine" in event["task"]
+    assert 0.1 <= event["blocked_for"] < 0.3
+
+
+def test_many_short_iterations_are_not_a_stall(stall_log: StallLog) -> None:
+    """A busy loop that yields between short steps is never reported."""
+
+    async def busy_but_cooperative() -> None:
+        for _ in range(40):
+            busy_for(0.005)
+            await asyncio.sleep(0)
+
+    lt = make_loop(slow_callback=0.1)
+    try:
+        lt.run(busy_but_cooperative())
+        lt.run(noop())
+        assert monitor_of(lt).stats().stalls == 0
+    finally:
+        lt.stop()
+    assert stall_log.stalls == []
+
+
+def test_the_same_blocker_twice_logs_once_and_counts_twice(stall_log: StallLog) -> None:
+    """Repeated stalls at one place are rate-limited in the log; the counter sees all of them."""
+    lt = make_loop(slow_callback=0.1)
+    monitor = monitor_of(lt)
+    decided = threading.Semaphore(0)
+    limiter = monitor._limiter
+
+    class CountingLimiter:
+        def allow(self, key: object) -> int | None:
+            try:
+                return limiter.allow(key)
+            finally:
+                decided.release()
+
+    monitor._limiter = CountingLimiter()  # type: ignore[assignment]
+    try:
+        for _ in range(2):
+            lt.run(blocking_coroutine())
+            assert decided.acquire(timeout=5.0)
+        assert monitor.stats().stalls == 2
+    finally:
+        lt.stop()
+    assert len(stall_log.stalls) == 1
+
+
+def test_watchdog_off_reports_nothing(stall_log: StallLog) -> None:
+    """slow_callback=None: no watchdog thread, no warning."""
+    lt = make_loop(slow_callback=None, lag_interval=None)
+    try:
+        assert lt._monitor is None
+        assert not any(t.name == "stally-watchdog" for t in threading.enumerate())
+        lt.run(blocking_coroutine())
+    finally:
+        lt.stop()
+    assert stall_log.stalls == []
+
+
+def test_lag_tick_records_a_late_wake_up() -> None:
+    """A tick due while the loop is blocked runs late, and its lag lands in the histogram."""
+    lt = make_loop(lag_interval=0.05, slow_callback=None)
+    monitor = monitor_of(lt)
+    try:
+        lt.run(blocking_coroutine())
+        # The overdue tick runs in the iteration after the blocker; two round trips through
+        # the loop are certainly after it (with or without eager tasks).
+        lt.run(noop())
+        lt.run(noop())
+        stats = monitor.stats()
+    finally:
+        lt.stop()
+    assert stats.ticks >= 1
+    assert stats.lag_max >= 0.1
+    assert monitor.lag is not None
+    counts, total = monitor.lag.snapshot()
+    assert sum(counts) == stats.ticks
+    assert total >= 0.1
+
+
+def voluntary_switches(thread: threading.Thread) -> int:
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_monitor_off_means_no_idle_wake_ups() -> None:
+    """lag_interval=None: neither the loop thread nor the watchdog wakes while idle."""
+    quiet = LoopThread("quiet", metrics_registry=None, lag_interval=None).start()
+    ticking = LoopThread("ticking", metrics_registry=None, lag_interval=0.1).start()
+    try:
+        quiet.run(noop())
+        ticking.run(noop())
+        watchdog = next(t for t in threading.enumerate() if t.name == "quiet-watchdog")
+        threads = {"loop": quiet.thread, "watchdog": watchdog, "ticking": ticking.thread}
+        before = {name: voluntary_switches(t) for name, t in threads.items()}
+        time.sleep(1.0)  # measuring idleness takes time; nothing is waited for here
+        after = {name: voluntary_switches(t) for name, t in threads.items()}
+    finally:
+        quiet.stop()
+        ticking.stop()
+    woke = {name: after[name] - before[name] for name in threads}
+    assert woke["loop"] <= 2, woke
+    assert woke["watchdog"] <= 2, woke  # at most the end of its post-call grace period
+    assert woke["ticking"] >= 5, woke  # the measurement itself works
+
+
+def test_uvloop_uses_the_heartbeat_watchdog(stall_log: StallLog) -> None:
+    """Without a selector to wrap, a stall longer than lag_interval + slow_callback is caught."""
+    pytest.importorskip("uvloop")
+    lt = make_loop(uvloop=True, lag_interval=0.05, slow_callback=0.1)
+    try:
+        assert monitor_of(lt).stats().watchdog == "heartbeat"
+        lt.run(blocking_coroutine())
+        assert stall_log.logged.wait(5.0)
+        lt.run(noop())
+    finally:
+        lt.stop()
+    [event] = stall_log.stalls
+    assert event["watchdog"] == "heartbeat"
+    assert "blocks_the_loop" in event["stack"]
+
+
+def test_uvloop_without_lag_tick_has_no_watchdog() -> None:
+    """The heartbeat needs the lag tick: lag_interval=None on uvloop means no watchdog."""
+    pytest.importorskip("uvloop")
+    lt = make_loop(uvloop=True, lag_interval=None, slow_callback=0.1)
+    try:
+        assert monitor_of(lt).stats().watchdog == "off"
+    finally:
+        lt.stop()
+
+
+def test_stop_unwraps_the_selector_and_ends_the_watchdog() -> None:
+    """After stop() the loop's selector is its own again and the watchdog thread is gone."""
+    lt = make_loop()
+    selector = lt.loop._selector  # type: ignore[attr-defined]
+    assert "select" in vars(selector)
+    watchdog = monitor_of(lt)._watchdog
+    assert watchdog is not None
+    lt.stop()
+    assert "select" not in vars(selector)
+    assert not watchdog.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(0, ValueError), (-1, ValueError), (float("nan"), ValueError), ("1", TypeError)],
+)
+def test_bad_intervals_are_refused(value: Any, error: type[Exception]) -> None:
+    """lag_interval and slow_callback take a positive number of seconds or None."""
+    with pytest.raises(error, match="lag_interval"):
+        LoopThread(lag_interval=value)
+    with pytest.raises(error, match="slow_callback"):
+        LoopThread(slow_callback=value)
+
+
+def test_check_interval_accepts_none_and_positive_numbers() -> None:
+    """None turns a feature off; numbers come back as floats."""
+    assert check_interval(None, "x") is None
+    assert check_interval(2, "x") == 2.0
+
+
+@given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False)))
+def test_buckets_count_each_value_in_the_first_bucket_that_holds_it(values: list[float]) -> None:
+    """Cumulative counts equal the number of values <= each bound (Prometheus' le)."""
+    buckets = Buckets(LAG_BUCKETS)
+    for value in values:
+        buckets.observe(value)
+    counts, total = buckets.snapshot()
+    assert sum(counts) == len(values)
+    assert total == pytest.approx(sum(values))
+    running = 0
+    for bound, count in zip(LAG_BUCKETS, counts, strict=False):
+        running += count
+        assert running == sum(1 for v in values if v <= bound)
