@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from loopthread import _process
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
 from loopthread._log import RateLimiter, logger
+from loopthread._loopthread import CLOSE_FLOOR
 from loopthread._validate import check_choice, check_positive_int, check_timeout, close_awaitables
 
 if TYPE_CHECKING:
@@ -529,9 +530,9 @@ class EnricherChain:
                 result = slot.target.startup()  # type: ignore[attr-defined]
                 if inspect.isawaitable(result):
                     await result
-        except asyncio.CancelledError:  # the loop is stopping (its own deadline: TimeoutError)
-            raise
-        except BaseException as exc:  # noqa: BLE001 - a failed startup disables one enricher
+        except BaseException as exc:  # a failed startup disables one enricher
+            if isinstance(exc, asyncio.CancelledError) and _cancelled_from_outside():
+                raise  # the loop is stopping (its own deadline raises TimeoutError)
             slot.disabled = True
             self._startup_failures += 1
             _log(
@@ -625,12 +626,17 @@ class EnricherChain:
             else:
                 async with deadline:
                     result = await _resume(pending.steps, pending.yielded)
-        except asyncio.CancelledError:
-            # The caller gave up (enrich_sync's timeout, stop()): not the enricher's fault.
-            if pending.trial:
-                slot.trial = False
-            slot.time += time.perf_counter() - pending.started
-            raise
+        except asyncio.CancelledError as exc:
+            if not _cancelled_from_outside():
+                # The enricher raised CancelledError of its own accord (nobody cancelled this
+                # task): a fault like any other, not a reason to fail the whole event.
+                error = exc
+            else:
+                # The caller gave up (enrich_sync's timeout, stop()): not the enricher's fault.
+                if pending.trial:
+                    slot.trial = False
+                slot.time += time.perf_counter() - pending.started
+                raise
         except BaseException as exc:  # noqa: BLE001 - enricher faults are isolated
             error = exc
         slot.time += time.perf_counter() - pending.started
@@ -818,7 +824,10 @@ class _Shutdown:
         remaining = deadline - time.monotonic()
         limit = self._hook_timeout
         if not math.isinf(remaining):
-            limit = max(0.0, remaining) if limit is None else min(limit, max(0.0, remaining))
+            # Never less than the core's floor: a zero limit would cancel each shutdown before
+            # its first line, skipping it entirely.
+            floor = max(CLOSE_FLOOR, remaining)
+            limit = floor if limit is None else min(limit, floor)
         await asyncio.gather(*[self._one(s, limit) for s in self._slots])
 
     async def _one(self, slot: _Slot, limit: float | None) -> None:
@@ -827,9 +836,9 @@ class _Shutdown:
                 result = slot.target.shutdown()  # type: ignore[attr-defined]
                 if inspect.isawaitable(result):
                     await result
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - one failing shutdown must not skip others
+        except BaseException as exc:  # one failing shutdown must not skip the others
+            if isinstance(exc, asyncio.CancelledError) and _cancelled_from_outside():
+                raise
             _log(
                 "warning",
                 "enricher.shutdown_failed",
@@ -844,3 +853,10 @@ def _log(level: str, event: str, **fields: Any) -> None:
         getattr(logger, level)(event, **fields)
     except Exception:  # noqa: BLE001 - a broken log setup must not break enrichment
         pass
+
+
+def _cancelled_from_outside() -> bool:
+    """True when this task was cancelled (stop(), a caller's timeout); False when the code it
+    ran raised CancelledError of its own accord, which is a fault like any other."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -62,10 +62,10 @@ P = ParamSpec("P")
 # without suspending then costs no extra loop iteration. 3.11 has no such option.
 _EAGER = sys.version_info >= (3, 12)
 
-# The least stop() waits for the loop thread before declaring it stuck (seconds).
+# How long past its deadline stop() waits for the loop thread before declaring it stuck.
 _STOP_FLOOR = 0.25
 # The least each close hook gets during stop(), even past the deadline (seconds).
-_CLOSE_FLOOR = 0.05
+CLOSE_FLOOR = 0.05
 
 _CancelReason = Literal["timeout", "interrupted", "cancelled", "stop"]
 
@@ -236,7 +236,9 @@ class LoopThread:
         lag_interval: seconds between two loop-lag measurements (None: off, and an idle loop
             then never wakes up).
         slow_callback: a loop iteration running longer than this many seconds is logged once
-            as ``loop_thread.stalled``, with the loop thread's stack (None: no watchdog).
+            as ``loop_thread.stalled``, with the loop thread's stack (None: no watchdog). Free
+            while the loop is idle; on uvloop it watches the lag probes instead, so it needs
+            ``lag_interval`` and only catches stalls that outlast a probe.
 
     Raises:
         TypeError, ValueError: an option is of the wrong type or out of range.
@@ -401,9 +403,10 @@ class LoopThread:
             pass
 
     def _wait_stopped(self, deadline: float, started: float) -> ShutdownReport:
-        # Stopping an idle loop takes a fraction of a millisecond of the loop thread's time, so
-        # even stop(timeout=0) gets a short floor before the loop is declared stuck.
-        remaining = None if deadline == float("inf") else max(_STOP_FLOOR, _remaining(deadline))
+        # The loop thread needs a moment past the deadline to finish (each close hook gets at
+        # least CLOSE_FLOOR, then the executor and the loop are closed), and even stop(0) on an
+        # idle loop takes a fraction of a millisecond: wait that slack before calling it stuck.
+        remaining = None if deadline == float("inf") else _remaining(deadline) + _STOP_FLOOR
         if self._stopped.wait(remaining) and self._report is not None:
             # The thread has only its last log line left; joining makes stop() mean "gone".
             self._thread.join(None if deadline == float("inf") else max(0.1, _remaining(deadline)))
@@ -746,8 +749,12 @@ class LoopThread:
             finished = call.wait(timeout)
         except BaseException:
             # KeyboardInterrupt (or SystemExit from a signal handler) while waiting: cancel the
-            # coroutine on the loop and give its cleanup cancel_grace before re-raising.
-            self._cancel_and_wait(call, "interrupted")
+            # coroutine on the loop and give its cleanup cancel_grace before re-raising. A call
+            # already done has nothing to clean up, and its wake-up may be consumed already
+            # (the interrupt landed just after the lock was acquired): waiting would only
+            # burn cancel_grace.
+            if not call.done:
+                self._cancel_and_wait(call, "interrupted")
             raise
         if not finished:
             self._cancel_and_wait(call, "timeout")
@@ -953,6 +960,7 @@ class LoopThread:
         if leftovers:
             await asyncio.wait(leftovers, timeout=_remaining(cancel_deadline))
         abandoned = sum(1 for t in leftovers if not t.done())
+        cancelled = len(leftovers) - abandoned
 
         unhandled = sum(d.result() for d in drains if d.done() and not d.cancelled())
         unhandled += sum(1 for d in drains if d.cancelled())  # at least one item each; a floor
@@ -960,13 +968,15 @@ class LoopThread:
             if kind == "close":
                 await _bounded(hook(deadline), deadline)
         try:
-            await asyncio.wait_for(loop.shutdown_asyncgens(), _remaining(deadline))
+            await asyncio.wait_for(
+                loop.shutdown_asyncgens(), max(CLOSE_FLOOR, _remaining(deadline))
+            )
         except TimeoutError:
             abandoned += 1
         self._report = ShutdownReport(
             finished=True,
             completed=completed,
-            cancelled=len(leftovers) - abandoned,
+            cancelled=cancelled,
             abandoned=abandoned,
             items_unhandled=unhandled,
             deadline_hit=bool(leftovers) or time.monotonic() >= deadline,
@@ -1135,7 +1145,7 @@ async def _bounded(awaitable: Awaitable[Any], deadline: float) -> None:
     try:
         # A floor, so a closer is at least started when earlier phases used up the deadline:
         # wait_for(..., 0) would cancel it before its first line and skip the close entirely.
-        await asyncio.wait_for(awaitable, max(_CLOSE_FLOOR, _remaining(deadline)))
+        await asyncio.wait_for(awaitable, max(CLOSE_FLOOR, _remaining(deadline)))
     except BaseException as exc:  # noqa: BLE001 - one failing closer must not skip the others
         logger.warning("loop_thread.close_hook_failed", error=repr(exc))
 

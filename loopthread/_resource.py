@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError
 from loopthread._log import RateLimiter, logger
+from loopthread._loopthread import CLOSE_FLOOR
 from loopthread._validate import close_awaitables
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ class _Closer:
             resource = created.pop()
             remaining = deadline - time.monotonic()
             # Keep back a share for every close still to come: none is skipped.
-            budget = max(0.0, remaining - min(remaining / 2, _CLOSE_RESERVE * len(created)))
+            budget = max(CLOSE_FLOOR, remaining - min(remaining / 2, _CLOSE_RESERVE * len(created)))
             try:
                 async with asyncio.timeout(None if budget == float("inf") else budget):
                     await resource._close_value()

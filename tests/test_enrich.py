@@ -903,3 +903,23 @@ def test_result_holds_exactly_the_successful_fields_in_order(
     assert [s.timeouts for s in stats] == [int(b == "timeout") for b in behaviours]
     failing = ("raise", "suspend_raise", "junk")
     assert [s.failures for s in stats] == [int(b in failing) for b in behaviours]
+
+
+def test_startup_raising_cancelled_error_is_a_fault(lt: LoopThread) -> None:
+    """A startup() whose own awaits raise CancelledError (nobody cancelled the chain) disables
+    that enricher and is counted; it does not escape to the sync caller."""
+
+    class Flaky:
+        name = "flaky"
+
+        async def startup(self) -> None:
+            fut = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(fut.cancel)
+            await fut
+
+        async def __call__(self, event: Mapping[str, Any]) -> dict[str, Any]:
+            return {"flaky": 1}
+
+    chain = EnricherChain([Flaky()], loop_thread=lt)
+    assert chain.enrich_sync({"a": 1}) == {"a": 1}
+    assert chain.stats().startup_failures == 1

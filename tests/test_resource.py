@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -307,3 +308,38 @@ def test_factory_must_be_async(lt: LoopThread) -> None:
 def test_resource_is_exported() -> None:
     """Resource is part of the public API."""
     assert loopthread.Resource is Resource
+
+
+def test_resource_closed_even_when_stop_deadline_is_spent() -> None:
+    """stop(timeout=0) and a hung enricher shutdown still leave each resource a close attempt."""
+
+    closed: list[str] = []
+
+    class Pool:
+        async def aclose(self) -> None:
+            await asyncio.sleep(0)
+            closed.append("pool")
+
+    class StuckShutdown:
+        name = "stuck"
+
+        async def __call__(self, event: Mapping[str, Any]) -> None:
+            return None
+
+        async def shutdown(self) -> None:
+            await asyncio.Event().wait()
+
+    async def make() -> Pool:
+        return Pool()
+
+    for timeout, enrichers in ((0.0, []), (0.3, [StuckShutdown()])):
+        closed.clear()
+        lt = loopthread.LoopThread("spent", metrics_registry=None).start()
+        res = lt.resource(make)
+        lt.run(res.get())
+        if enrichers:
+            loopthread.EnricherChain(enrichers, loop_thread=lt).enrich_sync({})
+        report = lt.stop(timeout=timeout)
+        assert report.finished
+        assert closed == ["pool"]
+        assert report.cancelled >= 0
