@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench soak clean venv
+.PHONY: demo test lint typecheck pytest bench soak test-all-pythons clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,33 @@ bench: $(STAMP)
 soak: $(STAMP)
 	LOOPTHREAD_SOAK=1 $(BIN)/python -m pytest -q tests/reliability --timeout=1800
 
+# The suite on every interpreter found (not part of `make test`): for each version in PYTHONS,
+# pyenv's build or pythonX.Y on PATH gets its own .venv-X.Y (rebuilt when pyproject.toml
+# changes). Prints which passed; fails if any failed. One interpreter: make test-all-pythons
+# PYTHONS=3.13. Extra pytest arguments: PYTEST_ARGS='tests/reliability -x'.
+PYTHONS ?= 3.11 3.12 3.13
+PYTEST_ARGS ?=
+
+test-all-pythons:
+	@summary=""; status=0; \
+	for ver in $(PYTHONS); do \
+	  py=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$ver*/bin/python$$ver 2>/dev/null | tail -n 1); \
+	  if [ -z "$$py" ] && python$$ver -c '' 2>/dev/null; then py=$$(command -v python$$ver); fi; \
+	  if [ -z "$$py" ]; then summary="$$summary\n  python$$ver: not found, skipped"; continue; fi; \
+	  venv=.venv-$$ver; \
+	  if [ ! -f $$venv/.installed ] || [ pyproject.toml -nt $$venv/.installed ]; then \
+	    echo "== building $$venv with $$py"; \
+	    { $$py -m venv $$venv && $$venv/bin/python -m pip install --quiet --upgrade pip \
+	      && $$venv/bin/python -m pip install --quiet -e '.[dev,uvloop]' && touch $$venv/.installed; } \
+	    || { summary="$$summary\n  python$$ver: venv build FAILED"; status=1; continue; }; \
+	  fi; \
+	  full=$$($$venv/bin/python -c 'import platform; print(platform.python_version())'); \
+	  echo "== python $$full: pytest $(PYTEST_ARGS)"; \
+	  if $$venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); then \
+	    summary="$$summary\n  python $$full: passed"; \
+	  else summary="$$summary\n  python $$full: FAILED"; status=1; fi; \
+	done; \
+	printf "== test-all-pythons$$summary\n"; exit $$status
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .venv-* .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -3,29 +3,37 @@
 Nothing here imports ``prometheus_client``: :mod:`loopthread.metrics` reads these objects at
 scrape time, and a LoopThread without metrics still has its lag monitor and watchdog.
 
-Two parts, both started on the loop thread just before ``run_forever`` and closed after it:
+One monitor thread per loop (``<name>-monitor``), started on the loop thread just before
+``run_forever`` and stopped after it, does two jobs:
 
-* the **lag tick**: every ``lag_interval`` seconds a ``loop.call_at`` timer measures how late
-  it ran and records that into a :class:`Buckets` histogram. It is the only thing here that
-  wakes an idle loop, which is why ``lag_interval=None`` means zero idle wake-ups.
-* the **watchdog**: a thread that logs one ``loop_thread.stalled`` warning, with the loop
-  thread's current stack, for every loop iteration that runs longer than ``slow_callback``.
-  On selector loops (the stdlib default, and the proactor on Windows) it wraps the loop's
-  ``_selector.select``: leaving ``select`` starts an iteration, entering it ends one. The
-  watchdog parks on an Event while the loop is idle and costs nothing then. Loops without a
-  ``_selector`` (uvloop) get a weaker *heartbeat* mode: the watchdog expects the lag tick and
-  reports when it is more than ``slow_callback`` overdue. That catches every stall longer than
-  ``lag_interval + slow_callback`` (so any permanent hang) with the stack, but a shorter stall
-  only if it covers the moment a tick was due; and it needs the lag tick (no ``lag_interval``,
-  no watchdog on uvloop).
+* **lag**: every ``lag_interval`` seconds it hands the loop a probe
+  (``call_soon_threadsafe``) and the probe records how long it waited to run into a
+  :class:`Buckets` histogram: the delay any callback handed to the loop (an ``lt.run``)
+  suffers before it starts, idle wake-up included. Not a ``loop.call_at`` timer: a pending
+  timer makes asyncio's ``_run_once`` consult the clock and the timer heap on every
+  iteration, which cost 2-3% of ``lt.run`` in perf/bench_metrics.py; the probe costs the loop
+  nothing between probes. No new probe is sent while one is outstanding, so a stuck loop
+  gets one late probe, not a pile. The probes are the only wake-ups of an idle loop:
+  ``lag_interval=None`` means none.
+* **watchdog**: one ``loop_thread.stalled`` warning, with the loop thread's current stack,
+  for every loop iteration that runs longer than ``slow_callback``. On selector loops (the
+  stdlib default, and the proactor on Windows) the loop's ``_selector.select`` is wrapped:
+  leaving ``select`` starts an iteration, entering it ends one. The monitor thread parks on
+  an Event while the loop is idle and costs nothing then. Loops without a ``_selector``
+  (uvloop) get a weaker *heartbeat* mode: a probe that has not run ``slow_callback`` after
+  it was sent means the loop is stuck. That catches every stall longer than
+  ``lag_interval + slow_callback`` (so any permanent hang), with the stack, but a shorter
+  one only if it covers the moment a probe was sent; without ``lag_interval`` there are no
+  probes and so no watchdog on uvloop.
 
 The watchdog's ordering argument, in one place (selector mode):
 
 The loop thread (L) publishes ``_mark``: ``None`` when it enters ``select`` (idle), a fresh
 1-tuple ``(monotonic(),)`` when it leaves (busy since then). Each tuple is a new object, and
-the watchdog (W) holds the one it compares against, so ``self._mark is seen`` is true exactly
-while the same iteration (or the same idle period) lasts: no counter needed, and one attribute
-store publishes both "which iteration" and "since when", so W never reads a torn pair.
+the monitor thread (W) holds the one it compares against, so ``self._mark is seen`` is true
+exactly while the same iteration (or the same idle period) lasts: no counter needed, and one
+attribute store publishes both "which iteration" and "since when", so W never reads a torn
+pair. A probe publishes ``_probe_done`` when it runs, the same way.
 
 L only sets the Event when W says it is parked, so a busy loop pays one attribute read per
 iteration, not an ``Event.set``. Parking is a Dekker pair:
@@ -40,9 +48,9 @@ new mark and does not wait, or L sees ``_parked`` and wakes W. A late ``set()`` 
 state after every wake, so spurious wake-ups are harmless, and ``clear()`` comes before every
 wait so none of them can make W spin.
 
-After a wake, W stays awake for ``slow_callback`` (timed waits) before it parks again, so a
-loop that alternates between short bursts and idle (a call every few microseconds) costs at
-most one ``Event.set`` per ``slow_callback``, not one per call.
+After it saw the loop busy, W stays awake for ``slow_callback`` (timed waits) before it parks
+again, so a loop that alternates between short bursts and idle (an ``lt.run`` every few
+microseconds) costs at most one ``Event.set`` per ``slow_callback``, not one per call.
 
 A stall is reported only if the loop is still in the same iteration *after* its stack was
 captured, so the stack always belongs to the stalled iteration; one that ends during the
@@ -53,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import math
 import sys
 import threading
@@ -180,19 +189,25 @@ class Buckets:
 
 @dataclass(frozen=True, slots=True)
 class MonitorStats:
-    """A snapshot of the lag monitor and watchdog of one LoopThread."""
+    """A snapshot of the lag monitor and watchdog of one LoopThread.
+
+    ``watchdog``: ``"select"`` (every iteration watched), ``"heartbeat"`` (uvloop: the lag
+    probes are watched) or ``"off"``. ``probes``: lag probes that ran; ``lag_last`` and
+    ``lag_max``: seconds the last and the slowest of them waited. ``stalls``: iterations
+    (heartbeat: probes) that took longer than ``slow_callback``, logged or not.
+    """
 
     lag_interval: float | None
     slow_callback: float | None
     watchdog: WatchdogMode
-    ticks: int
+    probes: int
     lag_last: float
     lag_max: float
     stalls: int
 
 
 class LoopMonitor:
-    """The lag tick and the watchdog of one loop (see the module docstring)."""
+    """The lag probe and the watchdog of one loop (see the module docstring)."""
 
     def __init__(
         self,
@@ -208,21 +223,24 @@ class LoopMonitor:
         self._slow = slow_callback
         self._thread_id = threading.get_ident()  # the loop thread: start() runs on it
         self.lag: Buckets | None = Buckets(LAG_BUCKETS) if lag_interval is not None else None
-        self._ticks = 0
+        # Written by the loop thread only (the probe):
+        self._probes = 0
         self._lag_last = 0.0
         self._lag_max = 0.0
-        self._stalls = 0  # written by the watchdog thread only
-        self._due = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._probe_done = 0
+        # Written by the monitor thread only:
+        self._stalls = 0
+        self._probe_sent = 0
+        self._probe_sent_at = 0.0
+        self._limiter = RateLimiter(10.0)
 
         self._mark: tuple[float] | None = None
         self._parked = False
         self._closed = False
         self._wake = threading.Event()
-        self._limiter = RateLimiter(10.0)  # used by the watchdog thread only
         self._selector: Any = None
         self._saved_select: Any = None  # the instance attribute we replaced, if there was one
-        self._watchdog: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
         self._mode: WatchdogMode = "off"
 
     @classmethod
@@ -240,31 +258,21 @@ class LoopMonitor:
         return monitor
 
     def _start(self) -> None:
-        loop = self._loop
-        if self._interval is not None:
-            self._due = loop.time() + self._interval
-            self._timer = loop.call_at(self._due, self._tick)
-        if self._slow is None:
-            return
-        target: Callable[[], None]
-        if self._wrap_selector():
-            self._mode, target = "select", self._watch_select
-        elif self._interval is not None:
-            self._mode, target = "heartbeat", self._watch_heartbeat
-            self._mark = (time.monotonic(),)
-        else:
-            return  # no selector to watch and no tick to expect: no watchdog
-        self._watchdog = threading.Thread(target=target, name=f"{self._name}-watchdog", daemon=True)
-        self._watchdog.start()
+        if self._slow is not None:
+            if self._wrap_selector():
+                self._mode = "select"
+            elif self._interval is not None:
+                self._mode = "heartbeat"
+        if self._mode == "off" and self._interval is None:
+            return  # nothing to do: no thread
+        self._thread = threading.Thread(target=self._run, name=f"{self._name}-monitor", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        """Stop the tick and the watchdog and unwrap the selector; idempotent.
+        """Stop the monitor thread and unwrap the selector; idempotent.
 
         Call on the loop thread once the loop stopped running.
         """
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         selector = self._selector
         if selector is not None:
             self._selector = None
@@ -277,9 +285,9 @@ class LoopMonitor:
                     pass
         self._closed = True
         self._wake.set()
-        watchdog = self._watchdog
-        if watchdog is not None and watchdog is not threading.current_thread():
-            watchdog.join(1.0)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
 
     def stats(self) -> MonitorStats:
         """A snapshot of the lag and stall counters."""
@@ -287,7 +295,7 @@ class LoopMonitor:
             lag_interval=self._interval,
             slow_callback=self._slow,
             watchdog=self._mode,
-            ticks=self._ticks,
+            probes=self._probes,
             lag_last=self._lag_last,
             lag_max=self._lag_max,
             stalls=self._stalls,
@@ -295,25 +303,18 @@ class LoopMonitor:
 
     # ------------------------------------------------------------------ on the loop thread
 
-    def _tick(self) -> None:
-        loop = self._loop
-        now = loop.time()
-        # call_at may fire up to the clock resolution early: a negative lag is no lag.
-        lag = max(0.0, now - self._due)
+    def _probe(self, seq: int, sent_at: float) -> None:
+        now = time.monotonic()
+        lag = now - sent_at
         if self.lag is not None:
             self.lag.observe(lag)
-        self._ticks += 1
+        self._probes += 1
         self._lag_last = lag
         self._lag_max = max(self._lag_max, lag)
-        # Schedule from now, not from the missed deadline: a stalled loop gets one late tick,
-        # not a burst of catch-up ticks.
-        assert self._interval is not None
-        self._due = now + self._interval
-        self._timer = loop.call_at(self._due, self._tick)
-        if self._mode == "heartbeat":
-            self._mark = (time.monotonic(),)
-            if self._parked:
-                self._wake.set()
+        # Publish, then look at _parked: the same Dekker pair as the select wrapper's.
+        self._probe_done = seq
+        if self._parked:
+            self._wake.set()
 
     def _wrap_selector(self) -> bool:
         selector: Any = getattr(self._loop, "_selector", None)
@@ -327,13 +328,12 @@ class LoopMonitor:
 
         def watched_select(timeout: float | None = None) -> Any:
             self._mark = None
-            try:
-                return select(timeout)
-            finally:
-                # Publish the new iteration first, then look at _parked (the Dekker pair).
-                self._mark = (monotonic(),)
-                if self._parked:
-                    wake.set()
+            events = select(timeout)  # if it raises, the loop dies and close() follows
+            # Publish the new iteration first, then look at _parked (the Dekker pair).
+            self._mark = (monotonic(),)
+            if self._parked:
+                wake.set()
+            return events
 
         try:
             selector.select = watched_select
@@ -343,67 +343,97 @@ class LoopMonitor:
         self._saved_select = saved
         return True
 
-    # ------------------------------------------------------------------ on the watchdog thread
+    # ------------------------------------------------------------------ on the monitor thread
 
-    def _sleep(self, timeout: float) -> None:
+    def _sleep(self, timeout: float | None) -> None:
         self._wake.clear()
         if not self._closed:
             self._wake.wait(timeout)
 
-    def _park(self, seen: tuple[float] | None) -> None:
-        """Wait until the loop publishes a mark other than ``seen`` (or close())."""
+    def _park(self, mark: tuple[float] | None, probe: int, timeout: float | None) -> None:
+        """Wait until the loop publishes a new mark or finishes a probe, ``timeout``, or close()."""
         self._wake.clear()
         self._parked = True
         # Announce first, then re-read: see the module docstring.
-        if not self._closed and self._mark is seen:
-            self._wake.wait()
+        if not self._closed and self._mark is mark and self._probe_done == probe:
+            self._wake.wait(timeout)
         self._parked = False
 
-    def _watch_select(self) -> None:
-        slow = self._slow
-        assert slow is not None
-        monotonic = time.monotonic
-        seen: tuple[float] | None = None
-        while True:
-            self._park(seen)
-            if self._closed:
-                return
-            awake_until = monotonic() + slow
-            while True:
-                if self._closed:
-                    return
-                mark = self._mark
-                now = monotonic()
-                if mark is None:  # idle in select
-                    if now >= awake_until:
-                        seen = None
-                        break
-                    self._sleep(awake_until - now)
-                    continue
-                busy_for = now - mark[0]
-                if busy_for < slow:
-                    self._sleep(slow - busy_for)
-                    continue
-                self._report(mark, busy_for)
-                seen = mark  # one warning per iteration: park until it ends
-                break
+    def _run(self) -> None:
+        try:
+            self._loop_forever()
+        except Exception as exc:  # noqa: BLE001 - say so, rather than die silently
+            try:
+                logger.error("loop_thread.monitor_failed", loop_thread=self._name, error=repr(exc))
+            except Exception:  # noqa: BLE001 - a broken log setup must not matter here
+                pass
 
-    def _watch_heartbeat(self) -> None:
-        slow = self._slow
+    def _loop_forever(self) -> None:
+        slow = self._slow if self._slow is not None else math.inf
         interval = self._interval
-        assert slow is not None
-        assert interval is not None
+        monotonic = time.monotonic
+        next_probe = monotonic() if interval is not None else math.inf
+        reported: object = None  # the stalled iteration (or probe) already warned about
+        awake_until = 0.0  # stay awake (no parking) until then: see the module docstring
         while not self._closed:
             mark = self._mark
-            assert mark is not None
-            overdue = time.monotonic() - (mark[0] + interval)
-            if overdue < slow:
-                self._sleep(slow - overdue)
-                continue
-            self._report(mark, overdue)
-            self._park(mark)  # until the next tick: one warning per missed tick
+            done = self._probe_done
+            now = monotonic()
+            outstanding = done != self._probe_sent
+            if interval is not None and now >= next_probe and not outstanding:
+                if not self._send_probe(now):
+                    return  # the loop is closed
+                next_probe = now + interval
+                outstanding = True
+            # While a probe is outstanding, the next one waits: wake for the probe or a stall.
+            until_probe = None if outstanding or interval is None else next_probe - now
 
-    def _report(self, mark: tuple[float] | None, blocked_for: float) -> None:
+            if self._mode == "select":
+                if mark is not None and mark is not reported:
+                    busy_for = now - mark[0]
+                    if busy_for >= slow:
+                        self._report(busy_for, functools.partial(self._same_iteration, mark))
+                        reported = mark
+                        continue
+                    # Watch this iteration, and stay awake for slow_callback after it began.
+                    awake_until = mark[0] + slow
+                    self._sleep(_shorter(slow - busy_for, until_probe))
+                elif now < awake_until:
+                    self._sleep(_shorter(awake_until - now, until_probe))
+                else:  # idle, or the current iteration was already reported
+                    self._park(mark, done, until_probe)
+            elif self._mode == "heartbeat" and outstanding:
+                seq = self._probe_sent
+                late = now - self._probe_sent_at
+                if late < slow:
+                    self._park(mark, done, slow - late)
+                elif reported != seq:
+                    self._report(late, functools.partial(self._probe_pending, seq))
+                    reported = seq
+                else:  # reported: wait for the probe to run at last
+                    self._park(mark, done, None)
+            elif outstanding:  # lag only: wait for the probe, then for the next one's time
+                self._park(mark, done, None)
+            else:
+                self._sleep(until_probe)
+
+    def _send_probe(self, now: float) -> bool:
+        seq = self._probe_sent + 1
+        self._probe_sent_at = now
+        self._probe_sent = seq
+        try:
+            self._loop.call_soon_threadsafe(self._probe, seq, now)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    def _same_iteration(self, mark: tuple[float]) -> bool:
+        return self._mark is mark
+
+    def _probe_pending(self, seq: int) -> bool:
+        return self._probe_done < seq
+
+    def _report(self, blocked_for: float, still_stuck: Callable[[], bool]) -> None:
         try:
             frame = sys._current_frames().get(self._thread_id)
             if frame is None:
@@ -411,7 +441,7 @@ class LoopMonitor:
             summary = traceback.extract_stack(frame)
             task = self._current_task(frame)
             del frame
-            if self._mark is not mark:  # the iteration ended: the stack is not the stall's
+            if not still_stuck():  # it ended while we looked: the stack is not the stall's
                 return
             self._stalls += 1
             top = summary[-1] if summary else None
@@ -459,3 +489,7 @@ class LoopMonitor:
                     name = candidate.f_code.co_qualname
                     break
         return f"{task.get_name()} ({name})" if name else task.get_name()
+
+
+def _shorter(a: float, b: float | None) -> float:
+    return a if b is None else min(a, b)

@@ -35,17 +35,52 @@ def install_signal_handlers(
 
     Raises:
         ValueError: not called from the main thread (Python only lets the main thread set
-            signal handlers).
+            signal handlers), or a signal that does not exist or cannot be caught (SIGKILL,
+            SIGSTOP). Nothing is installed then.
+        TypeError: ``signals`` is not an iterable of signals (a single signal, a name).
     """
     if threading.current_thread() is not threading.main_thread():
         raise ValueError(
             "install_signal_handlers() must be called from the main thread (Python delivers "
             "signals there); call it at start-up, before starting worker threads."
         )
+    wanted = _check_signals(signals)
     previous: dict[signal.Signals, _Handler] = {}
-    for sig in signals:
-        previous[sig] = signal.signal(sig, _exit_in_order)
+    try:
+        for sig in wanted:
+            previous[sig] = signal.signal(sig, _exit_in_order)
+    except BaseException:
+        # All or nothing: put back what was installed before the failure.
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise
     return previous
+
+
+def _check_signals(signals: object) -> list[signal.Signals]:
+    if isinstance(signals, int | str | bytes) or not hasattr(signals, "__iter__"):
+        raise TypeError(
+            "signals must be a list of signals, e.g. install_signal_handlers([signal.SIGTERM, "
+            f"signal.SIGHUP]); got {type(signals).__name__} {signals!r}."
+        )
+    valid = signal.valid_signals()
+    checked: list[signal.Signals] = []
+    for sig in signals:
+        if isinstance(sig, bool) or not isinstance(sig, int):
+            raise TypeError(
+                f"each signal must be a signal.Signals such as signal.SIGTERM; got "
+                f"{type(sig).__name__} {sig!r}."
+            )
+        if sig not in valid:
+            raise ValueError(f"{sig!r} is not a signal on this platform; pass e.g. signal.SIGTERM.")
+        sig = signal.Signals(sig)
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            raise ValueError(
+                f"{sig.name} cannot be caught by any program; pass signals that can, such as "
+                "signal.SIGTERM or signal.SIGHUP."
+            )
+        checked.append(sig)
+    return checked
 
 
 def _exit_in_order(signum: int, frame: FrameType | None) -> None:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import itertools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
@@ -28,11 +30,11 @@ from loopthread._log import RateLimiter, logger
 from loopthread._validate import check_choice, check_positive_int
 
 if TYPE_CHECKING:
-    from loopthread._channel import Channel
+    from loopthread._channel import Channel, ChannelStats
     from loopthread._enrich import EnricherChain
     from loopthread._loopthread import LoopThread
 
-__all__ = ["AsyncSink", "LoopHandler"]
+__all__ = ["AsyncSink", "LoopHandler", "LoopHandlerStats"]
 
 # Set while LoopHandler processes a batch (on the loop and in its executor jobs). A record
 # logged from there (an enricher that logs, a failing handler, loopthread's own warnings routed
@@ -43,6 +45,35 @@ _processing: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 _OVERFLOW = ("block", "drop_newest", "drop_oldest", "error")
+
+
+def _peek(counter: itertools.count[int]) -> int:
+    # itertools.count has no accessor for its next value; its repr is "count(N)".
+    return int(repr(counter)[6:-1])
+
+
+@dataclass(frozen=True, slots=True)
+class LoopHandlerStats:
+    """A snapshot of a LoopHandler's counters (plain data).
+
+    Fields:
+        emitted: records that passed the handler's level and filters and reached ``emit()``.
+        dropped: records refused by the overflow policy (``"drop_newest"``, or a
+            ``"block"`` put that timed out); ``"drop_oldest"`` evictions are in
+            ``channel.dropped``.
+        written_directly: records written in the caller's thread, unenriched: no loop was
+            running (a stopped loop, interpreter exit), or the record was logged while the
+            handler itself was working (an enricher or wrapped handler that logs).
+        handler_errors: batches a wrapped handler or async sink failed on (each logged,
+            rate-limited; the other handlers still got the batch).
+        channel: the channel's stats (None before the first record).
+    """
+
+    emitted: int
+    dropped: int
+    written_directly: int
+    handler_errors: int
+    channel: ChannelStats | None
 
 
 @runtime_checkable
@@ -107,11 +138,42 @@ class LoopHandler(logging.Handler):
         self._enrich_timeout = enrich_timeout
         self._chain: EnricherChain | None = None
         self._channel: Channel[logging.LogRecord] | None = None
+        self._last_channel: Channel[logging.LogRecord] | None = None  # for stats() after close
         self._bound_to: LoopThread | None = None
         self._errors = RateLimiter(10.0)
-        self.dropped = 0  # refused by the overflow policy
-        self.written_directly = 0  # written in the caller's thread (loop gone, or nested)
-        self.handler_errors = 0
+        # Written by any thread that logs: itertools.count, one atomic next() per record.
+        self._emitted = itertools.count()
+        self._dropped = itertools.count()
+        self._written_directly = itertools.count()
+        self._handler_errors = itertools.count()
+
+    # ------------------------------------------------------------------ observing
+
+    @property
+    def dropped(self) -> int:
+        """Records refused by the overflow policy (see :class:`LoopHandlerStats`)."""
+        return _peek(self._dropped)
+
+    @property
+    def written_directly(self) -> int:
+        """Records written in the caller's thread (see :class:`LoopHandlerStats`)."""
+        return _peek(self._written_directly)
+
+    @property
+    def handler_errors(self) -> int:
+        """Failed deliveries to a wrapped handler or sink (see :class:`LoopHandlerStats`)."""
+        return _peek(self._handler_errors)
+
+    def stats(self) -> LoopHandlerStats:
+        """A snapshot of the counters, with the channel's stats."""
+        channel = self._channel or self._last_channel
+        return LoopHandlerStats(
+            emitted=_peek(self._emitted),
+            dropped=_peek(self._dropped),
+            written_directly=_peek(self._written_directly),
+            handler_errors=_peek(self._handler_errors),
+            channel=None if channel is None else channel.stats(),
+        )
 
     # ------------------------------------------------------------------ caller side
 
@@ -126,6 +188,7 @@ class LoopHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Make ``record`` safe to hand off and put it in the channel. Never raises."""
+        next(self._emitted)
         try:
             prepared = self.prepare(record)
             if _processing.get():
@@ -141,7 +204,7 @@ class LoopHandler(logging.Handler):
                 self._write_directly(prepared)
                 return
             if not accepted:
-                self.dropped += 1
+                next(self._dropped)
         except Exception:  # noqa: BLE001 - logging never raises into the application
             self.handleError(record)
 
@@ -187,6 +250,7 @@ class LoopHandler(logging.Handler):
         """
         channel, self._channel = self._channel, None
         if channel is not None:
+            self._last_channel = channel
             try:
                 channel.close(timeout=5.0)
             except Exception:  # noqa: BLE001 - closing must go on whatever the channel says
@@ -252,7 +316,7 @@ class LoopHandler(logging.Handler):
     def _write_directly(self, record: logging.LogRecord) -> None:
         # No loop to hand to (interpreter exit, a stopped loop) or a record logged while this
         # handler itself is working: write it here, unenriched, rather than lose it.
-        self.written_directly += 1
+        next(self._written_directly)
         for handler in self._resolved_handlers():
             if isinstance(handler, logging.Handler):
                 handler.handle(record)
@@ -293,7 +357,7 @@ class LoopHandler(logging.Handler):
             else:
                 await handler.emit_batch(records)
         except Exception as exc:  # noqa: BLE001 - one broken handler must not stop the others
-            self.handler_errors += 1
+            next(self._handler_errors)
             suppressed = self._errors.allow(id(handler))
             if suppressed is not None:
                 logger.warning(

@@ -23,7 +23,8 @@ Families (all labelled by ``loop``; channel and enricher families by ``channel``
 ``loopthread_call_duration_seconds``        histogram  on the loop, first step to outcome
 ``loopthread_calls_in_flight``              gauge
 ``loopthread_loops_created_total``          counter
-``loopthread_loop_lag_seconds``             histogram  how late the lag tick ran
+``loopthread_loop_lag_seconds``             histogram  how long a lag probe handed to
+                                                       the loop waited to run
 ``loopthread_loop_stalls_total``            counter    iterations longer than slow_callback
 ``loopthread_executor_queue_depth``         gauge      jobs waiting for a worker
 ``loopthread_executor_busy_workers``        gauge
@@ -36,7 +37,7 @@ Families (all labelled by ``loop``; channel and enricher families by ``channel``
 ``loopthread_channel_failed_total``         counter    handler failures
 ``loopthread_enricher_duration_seconds``    summary    ``_count`` calls, ``_sum`` seconds
 ``loopthread_enricher_failures_total``      counter    by ``reason``: error, timeout
-``loopthread_enricher_skipped_total``       counter    calls skipped (circuit open)
+``loopthread_enricher_skipped_total``       counter    not called: circuit open, disabled
 ``loopthread_enricher_circuit_state``       gauge      1 for the current ``state`` (closed,
                                                        half_open, open), 0 for the others
 ``loopthread_chain_degraded_events_total``  counter    events passed through un-enriched
@@ -94,7 +95,7 @@ _FAMILIES: dict[str, tuple[_Kind, str, _Labels]] = {
     "loopthread_loops_created": ("counter", "Event loops created under this name.", _LOOP),
     "loopthread_loop_lag_seconds": (
         "histogram",
-        "How late the loop ran its lag tick (seconds).",
+        "Seconds a probe handed to the loop waited before it ran (loop lag).",
         _LOOP,
     ),
     "loopthread_loop_stalls": (
@@ -139,7 +140,7 @@ _FAMILIES: dict[str, tuple[_Kind, str, _Labels]] = {
     ),
     "loopthread_enricher_skipped": (
         "counter",
-        "Enricher calls skipped because its circuit breaker was open.",
+        "Events an enricher was not called for (its circuit was open, or it is disabled).",
         _ENRICHER,
     ),
     "loopthread_enricher_circuit_state": (

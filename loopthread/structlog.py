@@ -1,19 +1,26 @@
 """structlog processors: async enrichment for sync loggers, and offloading the rest of a chain.
 
 ``enrich(chain)`` runs an ``EnricherChain`` for each event from inside a synchronous structlog
-logger and merges the fields in (bounded by a timeout; on timeout, or with no loop, the event
-goes on unchanged and the degradation is counted).
+logger and merges the fields in (bounded by a timeout; on timeout, with no loop, or when the
+event is logged on the loop thread itself, the event goes on unchanged and the degradation is
+counted).
 
 ``offload(*processors, sink=...)`` ends the caller's processor chain with a ``put`` into a
 channel; the given processors (renderers, say) and the sink run on the loop thread, so the
 application thread pays only for the hand-off. Put ``structlog.contextvars.merge_contextvars``
 and anything else that reads the caller's thread state *before* ``offload``.
+
+Counters written from several threads are ``itertools.count`` objects (``next()`` is one atomic
+C call), as in the channel, so the hot path takes no lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
+import itertools
+import threading
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,22 +29,48 @@ import structlog
 
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError, WouldDeadlockError
 from loopthread._log import RateLimiter, logger
-from loopthread._validate import check_timeout
+from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
-    from loopthread._channel import Channel
+    from loopthread._channel import Channel, ChannelStats
     from loopthread._enrich import EnricherChain
     from loopthread._loopthread import LoopThread
 
-__all__ = ["EnrichProcessor", "OffloadProcessor", "enrich", "offload"]
+__all__ = [
+    "EnrichProcessor",
+    "EnrichStats",
+    "OffloadProcessor",
+    "OffloadStats",
+    "enrich",
+    "offload",
+]
 
 EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], Any]
+_Item = tuple[Any, str, EventDict]
+
+# Set while an offload processor works (its processors on the loop, its sync sink in the
+# executor). An event logged from there must not wait for room in the channel: the consumer
+# that makes room is what is waiting for it.
+_offloading: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "loopthread_structlog_offloading", default=False
+)
+
+_offload_ids = itertools.count(1)
+
+
+def _peek(counter: itertools.count[int]) -> int:
+    # itertools.count has no accessor for its next value; its repr is "count(N)".
+    return int(repr(counter)[6:-1])
 
 
 @dataclass(frozen=True, slots=True)
 class EnrichStats:
-    """Counts of an ``enrich`` processor."""
+    """Counts of an ``enrich`` processor: ``events`` = ``enriched`` + ``degraded``.
+
+    ``degraded``: events passed on without the async fields (the timeout expired, no loop was
+    running, or the event was logged on the loop thread, where waiting would deadlock).
+    """
 
     events: int
     enriched: int
@@ -47,36 +80,56 @@ class EnrichStats:
 class EnrichProcessor:
     """The processor returned by :func:`enrich`."""
 
-    def __init__(self, chain: EnricherChain, timeout: float) -> None:
+    def __init__(self, chain: EnricherChain, timeout: float | None) -> None:
         self._chain = chain
         self._timeout = timeout
-        self._events = 0
-        self._enriched = 0
-        self._degraded = 0
+        self._enriched = itertools.count()
+        self._degraded = itertools.count()
 
     def __call__(self, logger_: Any, method_name: str, event_dict: EventDict) -> EventDict:
-        self._events += 1
+        """Merge the chain's fields into ``event_dict``; never raises into the log call."""
+        chain = self._chain
         try:
-            enriched = self._chain.enrich_sync(event_dict, timeout=self._timeout)
-        except (TimeoutError, LoopNotRunningError, WouldDeadlockError):
-            # A slow enricher, a stopped loop, or a log call made on the loop thread itself
-            # (which cannot block on the loop): the event goes on without the async fields.
-            self._degraded += 1
+            # Not chain.enrich_sync(): its passthrough returns a copy without saying it did,
+            # and this processor must count what it passed on unenriched.
+            lt = chain._loop_thread
+            if lt is None:
+                from loopthread._process import default
+
+                lt = default()
+            if lt.in_loop_thread():
+                raise WouldDeadlockError("logged on the loop thread")
+            fields = lt.run(chain.enrich(event_dict), timeout=self._timeout)
+        except Exception as exc:  # noqa: BLE001 - a log call never fails because of enrichment
+            # A slow chain, a stopped loop, a log call made on the loop thread itself: the
+            # event goes on without the async fields, counted here and in the chain's stats.
+            next(self._degraded)
+            chain._degrade(exc)
             return event_dict
-        self._enriched += 1
-        event_dict.update(enriched)
+        next(self._enriched)
+        event_dict.update(fields)
         return event_dict
 
     def stats(self) -> EnrichStats:
-        """How many events went through, enriched or passed through unchanged."""
-        return EnrichStats(self._events, self._enriched, self._degraded)
+        """How many events went through, enriched or passed on unchanged."""
+        enriched = _peek(self._enriched)
+        degraded = _peek(self._degraded)
+        return EnrichStats(enriched + degraded, enriched, degraded)
+
+    def __repr__(self) -> str:
+        return f"<loopthread.structlog.enrich {self._chain!r} timeout={self._timeout!r}>"
 
 
-def enrich(chain: EnricherChain, *, timeout: float = 0.05) -> EnrichProcessor:
+def enrich(chain: EnricherChain, *, timeout: float | None = 0.05) -> EnrichProcessor:
     """A structlog processor that merges ``chain``'s fields into each event dict.
 
+    The caller waits up to ``timeout`` seconds (None: no limit) for the chain; on timeout, with
+    no running loop, or on the loop thread itself the event goes on unchanged (counted in
+    ``stats().degraded`` and in the chain's ``stats().degraded``). The caller's contextvars
+    are visible to the enrichers.
+
     Raises:
-        TypeError: ``chain`` is not an ``EnricherChain``.
+        TypeError: ``chain`` is not an ``EnricherChain``, or ``timeout`` is not a number.
         ValueError: ``timeout`` is negative.
     """
     from loopthread._enrich import EnricherChain
@@ -86,18 +139,28 @@ def enrich(chain: EnricherChain, *, timeout: float = 0.05) -> EnrichProcessor:
             "loopthread.structlog.enrich() takes an EnricherChain: "
             f"enrich(loopthread.EnricherChain([...])); got {type(chain).__name__}."
         )
-    checked = check_timeout(timeout)
-    return EnrichProcessor(chain, checked if checked is not None else float("inf"))
+    return EnrichProcessor(chain, check_timeout(timeout))
 
 
 @dataclass(frozen=True, slots=True)
 class OffloadStats:
-    """Counts of an ``offload`` processor."""
+    """Counts of an ``offload`` processor.
+
+    Fields:
+        offloaded: events handed to the channel.
+        dropped: events refused by the overflow policy (or, logged from inside the offload's
+            own processors or sink while the channel was full, refused rather than waited for).
+        written_directly: events processed and written in the caller's thread because no loop
+            was running (a stopped loop, interpreter exit).
+        failed: events lost to a processor or sink that raised (each logged, rate-limited).
+        channel: the channel's stats (None until the first event).
+    """
 
     offloaded: int
     dropped: int
     written_directly: int
     failed: int
+    channel: ChannelStats | None = None
 
 
 class OffloadProcessor:
@@ -117,58 +180,91 @@ class OffloadProcessor:
         )
         self._loop_thread = loop_thread
         self._options = channel_options
-        self._channel: Channel[tuple[Any, str, EventDict]] | None = None
+        self._lock = threading.Lock()  # binding only; the hot path reads without it
+        self._channel: Channel[_Item] | None = None
         self._bound_to: LoopThread | None = None
         self._errors = RateLimiter(10.0)
-        self._offloaded = 0
-        self._dropped = 0
-        self._direct = 0
-        self._failed = 0
+        self._errors_lock = threading.Lock()
+        self._offloaded = itertools.count()
+        self._dropped = itertools.count()
+        self._direct = itertools.count()
+        self._failed = itertools.count()
 
     def __call__(self, logger_: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        """Hand the event to the loop and end the caller's chain (raises ``DropEvent``)."""
         item = (logger_, method_name, event_dict)
-        channel = self._live_channel()
         try:
+            channel = self._live_channel()
             if channel is None:
-                raise ChannelClosedError("no loop")
-            if channel.put(item):
-                self._offloaded += 1
+                self._in_place(item)
+            elif channel.put(item, timeout=0 if _offloading.get() else None):
+                next(self._offloaded)
             else:
-                self._dropped += 1
+                next(self._dropped)
         except (ChannelClosedError, LoopNotRunningError):
-            # No loop (interpreter exit, a stopped loop): finish the work here, in order.
-            self._direct += 1
-            rendered = self._run_processors(item)
-            if rendered is not None:
-                self._sink_sync([rendered])
+            # The loop stopped between the look-up and the put: finish the work here.
+            self._in_place(item)
+        except Exception as exc:  # noqa: BLE001 - e.g. ChannelFullError: counted, never raised
+            next(self._dropped)
+            self._report("offload.put_failed", exc)
         raise structlog.DropEvent
 
     def stats(self) -> OffloadStats:
-        """How many events were offloaded, dropped by the overflow policy, or done in place."""
-        return OffloadStats(self._offloaded, self._dropped, self._direct, self._failed)
+        """How many events were offloaded, dropped, done in place, or lost to a failure."""
+        channel = self._channel
+        return OffloadStats(
+            offloaded=_peek(self._offloaded),
+            dropped=_peek(self._dropped),
+            written_directly=_peek(self._direct),
+            failed=_peek(self._failed),
+            channel=None if channel is None else channel.stats(),
+        )
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every event offloaded so far reached the sink."""
-        channel = self._channel
-        return True if channel is None else channel.flush(timeout)
+        """Wait until every event offloaded so far went through the processors and the sink.
 
-    def _live_channel(self) -> Channel[tuple[Any, str, EventDict]] | None:
-        channel = self._channel
-        if channel is not None and self._bound_to is not None and self._bound_to.running:
-            return channel
-        if self._loop_thread is not None and self._bound_to is not None:
-            return None  # the user's own loop is gone
-        from loopthread._process import default
+        Returns False if ``timeout`` expired first.
 
+        Raises:
+            WouldDeadlockError: called on the loop thread (the sink runs there).
+        """
+        channel = self._channel
+        if channel is None:
+            return True
         try:
-            lt = self._loop_thread or default()
-        except LoopNotRunningError:
-            return None
-        self._channel = lt.channel(self._handle_batch, **self._options)
-        self._bound_to = lt
-        return self._channel
+            return channel.flush(timeout)
+        except (ChannelClosedError, LoopNotRunningError):
+            return True
 
-    def _run_processors(self, item: tuple[Any, str, EventDict]) -> Any:
+    def __repr__(self) -> str:
+        return f"<loopthread.structlog.offload {self._options['name']!r} sink={self._sink!r}>"
+
+    # ------------------------------------------------------------------ binding
+
+    def _live_channel(self) -> Channel[_Item] | None:
+        channel = self._channel
+        bound = self._bound_to
+        if channel is not None and bound is not None and bound.running:
+            return channel
+        with self._lock:  # one channel, however many threads log the first event at once
+            if self._channel is not None and self._bound_to is not None:
+                if self._bound_to.running:
+                    return self._channel
+                if self._loop_thread is not None:
+                    return None  # the user's own loop is gone: in place from now on
+            from loopthread._process import default
+
+            try:
+                lt = self._loop_thread or default()
+                self._channel = lt.channel(self._handle_batch, **self._options)
+            except LoopNotRunningError:
+                return None  # interpreter exit, or a loop_thread that is not running
+            self._bound_to = lt
+            return self._channel
+
+    # ------------------------------------------------------------------ the work
+
+    def _run_processors(self, item: _Item) -> Any:
         logger_, method_name, value = item
         try:
             for processor in self._processors:
@@ -176,35 +272,83 @@ class OffloadProcessor:
         except structlog.DropEvent:
             return None
         except Exception as exc:  # noqa: BLE001 - a failing processor costs one event, not the loop
-            self._failed += 1
-            if (suppressed := self._errors.allow("processor")) is not None:
-                logger.warning("offload.processor_failed", error=repr(exc), suppressed=suppressed)
+            next(self._failed)
+            self._report("offload.processor_failed", exc)
             return None
         return value
 
-    async def _handle_batch(self, batch: list[tuple[Any, str, EventDict]]) -> None:
-        rendered = [r for r in map(self._run_processors, batch) if r is not None]
-        if not rendered:
+    async def _handle_batch(self, batch: list[_Item]) -> None:
+        token = _offloading.set(True)
+        try:
+            rendered = [r for r in map(self._run_processors, batch) if r is not None]
+            if not rendered:
+                return
+            if self._sink_is_async:
+                try:
+                    await self._sink(rendered)
+                except Exception as exc:  # noqa: BLE001 - isolated, counted, logged
+                    for _ in rendered:
+                        next(self._failed)
+                    self._report("offload.sink_failed", exc)
+                return
+            loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()  # carries _offloading into the executor
+            try:
+                await loop.run_in_executor(None, context.run, self._sink_each, rendered)
+            except RuntimeError:  # the executor refuses work at interpreter exit: write here
+                self._sink_each(rendered)
+        finally:
+            _offloading.reset(token)
+
+    def _sink_each(self, rendered: list[Any]) -> None:
+        sink = self._sink
+        for value in rendered:
+            try:
+                sink(value)
+            except Exception as exc:  # noqa: BLE001 - one bad event must not cost the batch
+                next(self._failed)
+                self._report("offload.sink_failed", exc)
+
+    def _in_place(self, item: _Item) -> None:
+        # No loop (interpreter exit, a stopped loop): process and write in the caller's
+        # thread, unbatched, rather than lose the event.
+        next(self._direct)
+        token = _offloading.set(True)
+        try:
+            rendered = self._run_processors(item)
+            if rendered is None:
+                return
+            if not self._sink_is_async:
+                self._sink_each([rendered])
+                return
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                # This thread runs another event loop: it cannot be blocked to run the sink.
+                next(self._failed)
+                self._report("offload.sink_failed", RuntimeError("no loop to run the sink on"))
+                return
+            try:
+                asyncio.run(self._sink([rendered]))
+            except Exception as exc:  # noqa: BLE001 - isolated, counted, logged
+                next(self._failed)
+                self._report("offload.sink_failed", exc)
+        finally:
+            _offloading.reset(token)
+
+    def _report(self, event: str, exc: BaseException) -> None:
+        with self._errors_lock:  # written from the loop, the executor and callers
+            suppressed = self._errors.allow(event)
+        if suppressed is None:
             return
         try:
-            if self._sink_is_async:
-                await self._sink(rendered)
-            else:
-                loop = asyncio.get_running_loop()
-                try:
-                    await loop.run_in_executor(None, self._sink_sync, rendered)
-                except RuntimeError:  # executor refused (interpreter exit): write here
-                    self._sink_sync(rendered)
-        except Exception as exc:  # noqa: BLE001 - isolated, counted, logged
-            self._failed += len(rendered)
-            if (suppressed := self._errors.allow("sink")) is not None:
-                logger.warning("offload.sink_failed", error=repr(exc), suppressed=suppressed)
-
-    def _sink_sync(self, rendered: list[Any]) -> None:
-        if self._sink_is_async:
-            return  # cannot await here; counted as failed by the caller path
-        for value in rendered:
-            self._sink(value)
+            logger.warning(
+                event, offload=self._options["name"], error=repr(exc), suppressed=suppressed
+            )
+        except Exception:  # noqa: BLE001 - a broken log setup must not break the offload
+            pass
 
 
 def offload(
@@ -217,12 +361,23 @@ def offload(
 ) -> OffloadProcessor:
     """A structlog processor that hands the event to the loop and drops it from the caller.
 
-    On the loop thread, ``processors`` run on each event in order (as in a structlog chain), then
-    ``sink`` gets the result: an ``async def sink(batch: list)`` receives whole batches; a plain
-    callable is called once per event, in the shared executor. Events keep their order.
+    On the loop thread, ``processors`` run on each event in order (as in a structlog chain),
+    then ``sink`` gets the result: an ``async def sink(batch: list)`` receives whole batches on
+    the loop; a plain callable is called once per event, in the loop thread's shared executor
+    (it may block). Events keep their order. A processor or sink that raises costs the events
+    it was given, counted in ``stats().failed`` and logged (rate-limited). With no running loop
+    (after ``stop()``, at interpreter exit) the processors and sink run in the caller's thread.
+
+    Args:
+        *processors: structlog processors to run on the loop (a renderer, usually last).
+        sink: where the results go.
+        loop_thread: the LoopThread to use (None: ``loopthread.default()``, looked up at the
+            first event and again after it was replaced).
+        maxsize, overflow, batch_size: the channel's settings (see ``LoopThread.channel``).
 
     Raises:
-        TypeError: ``sink`` or a processor is not callable.
+        TypeError: ``sink`` or a processor is not callable, or ``loop_thread`` is not a
+            LoopThread.
         ValueError: bad channel options.
     """
     if not callable(sink):
@@ -232,15 +387,22 @@ def offload(
         )
     for processor in processors:
         if not callable(processor):
-            raise TypeError(f"offload() processors must be callables; got {processor!r}.")
-    from loopthread._validate import check_choice, check_positive_int
+            raise TypeError(
+                f"offload() takes structlog processors (callables) as positional arguments; "
+                f"got {processor!r}. Pass the sink as sink=..."
+            )
+    from loopthread._loopthread import LoopThread
 
+    if loop_thread is not None and not isinstance(loop_thread, LoopThread):
+        raise TypeError(
+            f"loop_thread must be a LoopThread or None (the default loop); got {loop_thread!r}."
+        )
     options = {
         "maxsize": check_positive_int(maxsize, "maxsize"),
         "overflow": check_choice(
             overflow, "overflow", ("block", "drop_newest", "drop_oldest", "error")
         ),
         "batch_size": check_positive_int(batch_size, "batch_size"),
-        "name": "structlog.offload",
+        "name": f"structlog.offload-{next(_offload_ids)}",
     }
     return OffloadProcessor(processors, sink, loop_thread, options)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +49,7 @@ class _Plan:
     scrapes: int
 
 
-FULL = _Plan(rounds=40, calls=1500, scrapes=300)
+FULL = _Plan(rounds=100, calls=1000, scrapes=300)
 QUICK = _Plan(rounds=6, calls=300, scrapes=30)
 
 
@@ -73,33 +74,50 @@ def _configs() -> dict[str, dict[str, Any]]:
     return configs
 
 
+def _round(options: dict[str, Any], calls: int, samples: list[float]) -> float:
+    """One round on a fresh LoopThread: which CPU its thread lands on varies per instance,
+    and a long-lived instance per configuration would turn that into a bias."""
+    kwargs = {"metrics_registry": CollectorRegistry(), **options}
+    with loopthread.LoopThread("bench-metrics", **kwargs) as lt:
+        for _ in range(20):
+            lt.run(noop(1))
+        return timed(lambda: lt.run(noop(1)), calls, samples=samples)
+
+
 @contextlib.contextmanager
-def _loops() -> Iterator[dict[str, loopthread.LoopThread]]:
-    with contextlib.ExitStack() as stack:
-        loops: dict[str, loopthread.LoopThread] = {}
-        for name, options in _configs().items():
-            kwargs = {"metrics_registry": CollectorRegistry(), **options}
-            lt = loopthread.LoopThread(f"bench-{len(loops)}", **kwargs)
-            loops[name] = stack.enter_context(lt)
-        yield loops
+def _one_cpu() -> Iterator[bool]:
+    """Pin this thread, and so every thread it starts, to one CPU, if the OS allows it.
+
+    On a small VM a cross-thread wake-up costs 25 or 75 µs depending on whether the two
+    threads share a CPU, and which one they get changes from instance to instance: a noise
+    far above the 5% measured here. On one CPU the run-to-run spread is about 1%.
+    """
+    getter = getattr(os, "sched_getaffinity", None)
+    setter = getattr(os, "sched_setaffinity", None)
+    if getter is None or setter is None:
+        yield False
+        return
+    before = getter(0)
+    setter(0, {min(before)})
+    try:
+        yield True
+    finally:
+        setter(0, before)
 
 
-def _round(lt: loopthread.LoopThread, calls: int, result_samples: list[float]) -> float:
-    return timed(lambda: lt.run(noop(1)), calls, samples=result_samples)
-
-
-def _calls(plan: _Plan) -> dict[str, Result]:
-    with _loops() as loops:
-        samples: dict[str, list[float]] = {name: [] for name in loops}
-        competitors: dict[str, Callable[[], float]] = {
-            name: functools.partial(_round, lt, plan.calls, samples[name])
-            for name, lt in loops.items()
-        }
+def _calls(plan: _Plan) -> tuple[dict[str, Result], bool]:
+    configs = _configs()
+    samples: dict[str, list[float]] = {name: [] for name in configs}
+    competitors: dict[str, Callable[[], float]] = {
+        name: functools.partial(_round, options, plan.calls, samples[name])
+        for name, options in configs.items()
+    }
+    with _one_cpu() as pinned:
         results = interleave(competitors, plan.rounds)
     for name, result in results.items():
         # The warm-up round's samples are in there too; a few hundred out of tens of thousands.
         result.samples = samples[name]
-    return results
+    return results, pinned
 
 
 # ---------------------------------------------------------------------- scrape cost
@@ -169,7 +187,7 @@ def report(quick: bool = False) -> str:
     plan = QUICK if quick else FULL
     started = time.perf_counter()
     with capture_logs():  # the loops log their start and stop; keep the report clean
-        results = _calls(plan)
+        results, pinned = _calls(plan)
         per_scrape, size = _scrape(plan)
     elapsed = time.perf_counter() - started
 
@@ -188,7 +206,8 @@ def report(quick: bool = False) -> str:
         f"python {sys.version.split()[0]} on {sys.platform}; "
         f"{'--quick, ' if quick else ''}{elapsed:.0f} s.",
         "",
-        f"### lt.run(noop()): µs per call ({plan.rounds} interleaved rounds x {plan.calls} calls)",
+        f"### lt.run(noop()): µs per call ({plan.rounds} interleaved rounds x {plan.calls} calls, "
+        f"a fresh LoopThread per round{', all threads on one CPU' if pinned else ''})",
         "",
         markdown_table(["configuration", "median µs", "p99 µs", "vs off"], rows),
         "",
@@ -213,7 +232,8 @@ def report(quick: bool = False) -> str:
         "Notes: median = median over rounds of the mean µs per call; p99 over every call. "
         "The per-call cost of 'on' is two perf_counter() calls and one bucket increment in "
         "the loop's _execute, plus the select wrapper (a tuple store and a flag read per "
-        "loop iteration); the counters are read from stats() only when scraped.",
+        "loop iteration, two iterations per lt.run); the lag probe runs every 0.5 s and the "
+        "counters are read from stats() only when scraped.",
     ]
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from loopthread import LoopThread
-from loopthread.logging import LoopHandler
+from loopthread.logging import LoopHandler, LoopHandlerStats
 
 
 @pytest.fixture(name="stream")
@@ -310,3 +310,42 @@ def test_exit_without_shutdown_writes_every_record(tmp_path: Path) -> None:
     lines = target.read_text().splitlines()
     assert len(lines) == 10_001
     assert lines[-1] == "last"
+
+
+def test_stats_snapshot(lt: LoopThread, log: logging.Logger, stream: io.StringIO) -> None:
+    """stats() counts what reached emit(), what was dropped, written directly or failed, and
+    carries the channel's stats (kept after close())."""
+    gate = threading.Event()
+    entered = threading.Event()
+
+    class Held(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            entered.set()
+            gate.wait(5)
+
+    class Broken(logging.Handler):
+        def handle(self, record: logging.LogRecord) -> bool:
+            raise OSError("disk gone")
+
+    handler = LoopHandler(
+        Held(), Broken(), loop_thread=lt, maxsize=2, batch_size=1, overflow="drop_newest"
+    )
+    assert handler.stats() == LoopHandlerStats(0, 0, 0, 0, None)
+    log.addHandler(handler)
+    log.info("held")
+    assert entered.wait(5)
+    for i in range(4):
+        log.info("m%d", i)  # two fit behind the held one, two are refused
+    gate.set()
+    handler.flush()
+    stats = handler.stats()
+    assert (stats.emitted, stats.dropped, stats.written_directly) == (5, 2, 0)
+    assert stats.handler_errors == 3  # Broken failed on each of the three batches
+    assert stats.channel is not None
+    assert stats.channel.handled == 3
+    assert (handler.dropped, handler.handler_errors) == (2, 3)
+    log.removeHandler(handler)
+    handler.close()
+    closed = handler.stats().channel
+    assert closed is not None
+    assert closed.closed
