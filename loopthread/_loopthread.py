@@ -95,6 +95,8 @@ class LoopStats:
     calls_cancelled: int
     in_flight: int
     executor_workers: int
+    loop_stalls: int = 0  # loop iterations longer than slow_callback (0 with the watchdog off)
+    loop_lag_max: float = 0.0  # the longest a lag probe waited, in seconds (0 with lag off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +509,7 @@ class LoopThread:
     def stats(self) -> LoopStats:
         """A consistent-enough snapshot of the counters (each field is read atomically)."""
         executor = self._executor
+        monitor = self._monitor.stats() if self._monitor is not None else None
         return LoopStats(
             name=self._name,
             state=self._state.value,
@@ -518,6 +521,8 @@ class LoopThread:
             calls_cancelled=self._calls_cancelled,
             in_flight=len(self._pending),
             executor_workers=executor._max_workers if executor is not None else 0,
+            loop_stalls=monitor.stalls if monitor is not None else 0,
+            loop_lag_max=monitor.lag_max if monitor is not None else 0.0,
         )
 
     def __repr__(self) -> str:

@@ -279,3 +279,26 @@ def test_buckets_count_each_value_in_the_first_bucket_that_holds_it(values: list
     for bound, count in zip(LAG_BUCKETS, counts, strict=False):
         running += count
         assert running == sum(1 for v in values if v <= bound)
+
+
+def test_loop_stats_carry_stalls_and_lag() -> None:
+    """LoopStats shows the watchdog's stall count and the worst lag, for users without Prometheus."""
+    import time
+
+    import structlog
+
+    from loopthread import LoopThread
+
+    with (
+        structlog.testing.capture_logs(),
+        LoopThread(
+            "stats-stall", metrics_registry=None, lag_interval=None, slow_callback=0.05
+        ) as lt,
+    ):
+
+        async def block() -> None:
+            time.sleep(0.2)  # deliberately blocks the loop
+
+        lt.run(block())
+        lt.run(asyncio.sleep(0))
+        assert lt.stats().loop_stalls == 1
