@@ -282,7 +282,7 @@ def test_buckets_count_each_value_in_the_first_bucket_that_holds_it(values: list
 
 
 def test_loop_stats_carry_stalls_and_lag() -> None:
-    """LoopStats shows the watchdog's stall count and the worst lag, for users without Prometheus."""
+    """LoopStats shows the watchdog's stall count, for users without Prometheus."""
     import time
 
     import structlog
@@ -297,7 +297,7 @@ def test_loop_stats_carry_stalls_and_lag() -> None:
     ):
 
         async def block() -> None:
-            time.sleep(0.2)  # deliberately blocks the loop
+            time.sleep(0.2)  # noqa: ASYNC251 - deliberately blocks the loop
 
         lt.run(block())
         lt.run(asyncio.sleep(0))
