@@ -39,6 +39,7 @@ a forked child (their consumer does not exist there).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import threading
@@ -87,6 +88,10 @@ class ChannelStats:
 
         put == handled + failed + dropped + unhandled + depth + in_flight
 
+    Each ``put`` interrupted by Ctrl-C (KeyboardInterrupt) can leave this off by one: between
+    counting its item and queueing it, or, with ``"drop_oldest"``, between evicting an item
+    and counting the eviction. ``flush()`` and ``close()`` still complete.
+
     Fields:
         name: the channel's name.
         put: ``put``/``aput`` calls that returned (True: accepted, False: dropped by policy).
@@ -133,9 +138,13 @@ def _peek(counter: itertools.count[int]) -> int:
 
 
 class _FlushWaiter:
-    """One ``flush``/``aflush`` caller waiting for the consumer to get past ``target``."""
+    """One ``flush``/``aflush`` caller waiting for the consumer to get past ``target``.
 
-    __slots__ = ("event", "future", "target")
+    ``done`` is set when its items are known to have gone through although the counters may
+    not show it (an interrupted put can leave a count with no item behind it: see put()).
+    """
+
+    __slots__ = ("done", "event", "future", "target")
 
     def __init__(
         self,
@@ -146,6 +155,7 @@ class _FlushWaiter:
         self.target = target
         self.event = event
         self.future = future
+        self.done = False
 
     def wake(self) -> None:
         # Called on the loop thread only, so the future (of this loop) may be set directly.
@@ -174,7 +184,18 @@ class Channel(Generic[T]):
     * ``"error"``: ``put`` raises ``ChannelFullError``.
 
     ``LoopThread.stop()`` closes and drains every channel of that loop within its deadline and
-    counts what it could not handle in ``ShutdownReport.items_unhandled``.
+    counts what it could not handle in ``ShutdownReport.items_unhandled``. A handler call it
+    cancels counts its items as unhandled, except those the handler deleted from ``batch``
+    before re-raising ``CancelledError`` (a handler that works item by item, like the event
+    bus, does so to count those it finished as handled).
+
+    Waiting on the channel from inside its own handler call is caught where it can be:
+    ``await ch.aflush()`` raises ``WouldDeadlockError``, ``put``/``aput`` admit past
+    ``maxsize``, ``await ch.aclose()`` begins closing and returns. Waiting from work that the
+    handler awaits in another task or thread cannot be told apart from an ordinary caller and
+    waits until its timeout: ``ch.flush()`` in an executor job the handler awaits, or
+    ``ch.aput()`` on a full ``"block"`` channel inside ``asyncio.wait_for``/``gather``/a
+    TaskGroup in the handler.
     """
 
     def __init__(
@@ -223,7 +244,6 @@ class Channel(Generic[T]):
         self._closed = False
         self._close_reason: _CloseReason = "closed"
         self._finished = False  # the consumer is done; set under _cond
-        self._after_finished = False
         self._done = threading.Event()
         # The slow paths: producers waiting for room, flush waiters, the close handshake.
         self._cond = threading.Condition(threading.Lock())
@@ -250,17 +270,25 @@ class Channel(Generic[T]):
         self._log_limiter = RateLimiter()
 
         _live.add(self)
-        if loop_thread.in_loop_thread():
-            self._start_consumer()
-        else:
-            try:
+        # The drain hook goes in here, before the state is read again, not when the consumer
+        # starts: stop() leaves "running" before it collects the hooks, so either it collects
+        # this one (and drains this channel within its deadline) or we see that it began.
+        loop_thread._add_stop_hook("drain", self._stop_hook)
+        try:
+            if not loop_thread.running:
+                raise LoopNotRunningError(loop_thread._not_running_message())
+            if loop_thread.in_loop_thread():
+                self._start_consumer()
+            else:
                 loop_thread.loop.call_soon_threadsafe(self._start_consumer)
-            except RuntimeError as exc:  # the loop closed since the running check
-                self._closed = True
-                self._close_reason = "loop_stopped"
-                self._finished = True
-                self._done.set()
-                raise LoopNotRunningError(loop_thread._not_running_message()) from exc
+        except RuntimeError as exc:  # stop() began, or the loop closed, since the first check
+            self._close_reason = "loop_stopped"
+            self._closed = True
+            self._finish_without_loop()
+            loop_thread._remove_stop_hook(self._stop_hook)
+            if isinstance(exc, LoopNotRunningError):
+                raise
+            raise LoopNotRunningError(loop_thread._not_running_message()) from exc
 
     # ------------------------------------------------------------------ producers
 
@@ -283,12 +311,15 @@ class Channel(Generic[T]):
         items = self._items
         if len(items) >= self._maxsize:
             return self._put_full(item, timeout)
-        # Count before appending: flush() reads the count as its target, so every item that is
-        # in the deque when flush() starts is within the target.
-        next(self._accepted)
-        items.append(item)
-        if self._parked:
-            self._wake_consumer()
+        # Inline copy of _admit (a call costs ~20% of a put); see there for the order.
+        try:
+            next(self._accepted)
+            items.append(item)
+            if self._parked:
+                self._wake_consumer()
+        except BaseException:
+            self._interrupted()
+            raise
         if self._closed:
             return self._settle_late()
         return True
@@ -311,7 +342,7 @@ class Channel(Generic[T]):
             and asyncio.current_task() is not self._task
         ):
             loop = asyncio.get_running_loop()
-            if not self._in_loop_thread():
+            if not self._lt.in_loop_thread():
                 return await loop.run_in_executor(None, self.put, item)
             while len(self._items) >= self._maxsize and not self._closed:
                 room = loop.create_future()
@@ -330,6 +361,8 @@ class Channel(Generic[T]):
             next(self._refused)
             return False
         if overflow == "drop_oldest":
+            # Ctrl-C between these two steps loses the item uncounted: stats() stays one off,
+            # flush() still completes (see _admit).
             try:
                 self._items.popleft()
             except IndexError:  # the consumer emptied it meanwhile: room enough
@@ -344,7 +377,7 @@ class Channel(Generic[T]):
                 'overflow policy is "error". Handle ChannelFullError, raise maxsize, or choose '
                 'overflow="block", "drop_newest" or "drop_oldest".'
             )
-        if self._in_loop_thread():
+        if self._lt.in_loop_thread():
             # Waiting here would freeze the loop, and with it the consumer that makes room.
             self._over_limit += 1
             return self._admit(item)
@@ -374,10 +407,24 @@ class Channel(Generic[T]):
         return self._admit(item)
 
     def _admit(self, item: T) -> bool:
-        next(self._accepted)
-        self._items.append(item)
-        if self._parked:
-            self._wake_consumer()
+        # The order: count, append, then look at the park flag. Counting first makes flush()'s
+        # target (the count) cover every item in the deque when flush() starts; appending
+        # before looking at the park flag is our half of the lost wake-up handshake (_consume).
+        # Ctrl-C (KeyboardInterrupt from a signal handler) can land between any two steps:
+        # - after the count, before the append: a count with no item. flush() does not rely
+        #   on the counters alone (the consumer finding the deque empty also completes it),
+        #   but stats() stays one off;
+        # - after the append, or inside _wake_consumer (the park claimed but no token sent,
+        #   or the token queued in janus but the loop never told): the consumer stays parked.
+        #   _interrupted() has the loop wake it if so.
+        try:
+            next(self._accepted)
+            self._items.append(item)
+            if self._parked:
+                self._wake_consumer()
+        except BaseException:
+            self._interrupted()
+            raise
         if self._closed:
             return self._settle_late()
         return True
@@ -395,6 +442,20 @@ class Channel(Generic[T]):
         except janus.SyncQueueShutDown:  # the consumer finished; nothing left to wake
             pass
 
+    def _interrupted(self) -> None:
+        # From the interrupted producer's thread: one loop callback, which looks for itself.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: no consumer left to wake
+            self._lt.loop.call_soon_threadsafe(self._kick)
+
+    def _kick(self) -> None:
+        # On the loop, so the consumer is suspended; _waiting up means it is in `await get()`.
+        # Send a token whether or not one is queued: a token queued by an interrupted janus
+        # put may never have been announced to the loop. A spare token costs one loop step.
+        wake = self._wake
+        if self._waiting and wake is not None:
+            with contextlib.suppress(janus.AsyncQueueShutDown):
+                wake.async_q.put_nowait(None)
+
     def _settle_late(self) -> bool:
         # close() began while this put was appending. Until the consumer's last look at the
         # deque (under _cond, with _finished set in the same critical section) the item is
@@ -404,13 +465,7 @@ class Channel(Generic[T]):
         with self._cond:
             if not self._finished:
                 return True
-            left = 0
-            while True:
-                try:
-                    self._items.popleft()
-                except IndexError:
-                    break
-                left += 1
+            left = self._take_all()
             self._late_unhandled += left
         if left:
             self._log(
@@ -424,33 +479,33 @@ class Channel(Generic[T]):
     # ------------------------------------------------------------------ flush and close
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until every item put before this call went through the handler.
+        """Block until every item put before this call was handled, failed or evicted.
 
-        Returns True once they did (items whose handler call raised count as gone through:
-        see ``stats().failed``), False if ``timeout`` expired first or the channel closed
-        without handling them. Waits on a signal from the consumer, never polls.
+        Returns True once they were (an item whose handler call raised is ``stats().failed``;
+        one evicted by ``"drop_oldest"`` is ``stats().dropped``), False if ``timeout`` expired
+        first or the channel closed without handling them. Waits on a signal from the
+        consumer, never polls.
 
         Raises:
             WouldDeadlockError: called from the loop thread; use ``await ch.aflush()``.
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
         """
         timeout = check_timeout(timeout)
-        if self._in_loop_thread():
+        if self._lt.in_loop_thread():
             raise WouldDeadlockError(
                 f"ch.flush() was called on the loop thread of channel {self._name!r}, whose "
                 "consumer runs on that thread: it would wait for itself. In a coroutine use "
                 "`await ch.aflush()`."
             )
         target = _peek(self._accepted)
-        if self._gone_through() >= target:
+        if self._flushed(target):
             return True
         event = threading.Event()
         waiter = _FlushWaiter(target, event=event)
-        if not self._register(waiter):
-            return self._gone_through() >= target
-        event.wait(timeout)
-        self._unregister(waiter)
-        return self._gone_through() >= target
+        if self._register(waiter):
+            event.wait(timeout)
+            self._unregister(waiter)
+        return waiter.done or self._flushed(target)
 
     async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - mirrors flush()
         """``flush`` for coroutines: awaits instead of blocking.
@@ -465,10 +520,10 @@ class Channel(Generic[T]):
         """
         timeout = check_timeout(timeout)
         loop = asyncio.get_running_loop()
-        if not self._in_loop_thread():
+        if not self._lt.in_loop_thread():
             return await loop.run_in_executor(None, self.flush, timeout)
         target = _peek(self._accepted)
-        if self._gone_through() >= target:
+        if self._flushed(target):
             return True
         if asyncio.current_task() is self._task:
             raise WouldDeadlockError(
@@ -477,22 +532,29 @@ class Channel(Generic[T]):
             )
         future: asyncio.Future[None] = loop.create_future()
         waiter = _FlushWaiter(target, future=future)
-        if not self._register(waiter):
-            return self._gone_through() >= target
-        try:
-            await asyncio.wait({future}, timeout=timeout)
-        finally:
-            self._unregister(waiter)
-        return self._gone_through() >= target
+        if self._register(waiter):
+            try:
+                await asyncio.wait({future}, timeout=timeout)
+            finally:
+                self._unregister(waiter)
+        return waiter.done or self._flushed(target)
 
     def _register(self, waiter: _FlushWaiter) -> bool:
-        # Lost wake-up: we add the waiter, then re-read the counters; the consumer updates its
-        # counters, then looks at the waiters. One of us sees the other.
+        """Add ``waiter`` for the consumer to release; False if there is nothing to wait for
+        (then ``waiter.done`` says whether its items are known to have gone through)."""
+        # Lost wake-ups, both ways round; one of us sees the other each time:
+        # - we add the waiter, then re-read the counters; the consumer updates its counters,
+        #   then looks at the waiters;
+        # - we add the waiter, read the deque, then _waiting; the consumer raises _waiting,
+        #   then reads the waiters and the deque (_consume, at the park). An empty deque seen
+        #   before a raised _waiting means everything appended so far went through: while
+        #   _waiting is up the consumer pops nothing, and it raises it only after handling.
         with self._cond:
             if self._finished:
                 return False
             self._flush_waiters.append(waiter)
-        if self._gone_through() >= waiter.target:
+        if self._gone_through() >= waiter.target or (not self._items and self._waiting):
+            waiter.done = True
             self._unregister(waiter)
             return False
         return True
@@ -509,13 +571,28 @@ class Channel(Generic[T]):
         # failed) or evicted by drop_oldest. Anything unhandled at close is behind them.
         return self._handled + self._failed + _peek(self._evicted)
 
+    def _flushed(self, target: int) -> bool:
+        if self._gone_through() >= target:
+            return True
+        # A consumer that finished having lost nothing let everything through, even past a
+        # count with no item (an interrupted put). Under _cond: _finalize sets _finished and
+        # counts what is left in one critical section. (A forked child's copy is finished
+        # with nothing counted: its items are the parent's.)
+        with self._cond:
+            return (
+                self._finished
+                and self._close_reason != "forked"
+                and not (self._unhandled + self._late_unhandled + self._in_flight)
+            )
+
     def close(self, timeout: float | None = None) -> None:
         """Stop accepting items, handle what is queued, stop the consumer. Idempotent.
 
         Bounded by ``timeout`` (None: as long as it takes): at the deadline the handler call
         running is cancelled and whatever is left is counted in ``stats().unhandled`` and
         logged. Called on the loop thread, it stops accepting at once and drains in the
-        background (use ``await ch.aclose()`` to wait there).
+        background (use ``await ch.aclose()`` to wait there). While the LoopThread is stopping
+        it waits for that stop to drain the channel; once it stopped, it returns at once.
 
         Raises:
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
@@ -525,16 +602,28 @@ class Channel(Generic[T]):
         self._begin_close("closed")
         if self._finished:
             return
-        if self._in_loop_thread():
+        if self._lt.in_loop_thread():
             self._spawn_drain(deadline)
             return
-        try:
-            # A callback, not run_coroutine_threadsafe: if the loop closes before running it,
-            # no coroutine object is left behind un-awaited.
-            self._lt.loop.call_soon_threadsafe(self._spawn_drain, deadline)
-        except RuntimeError:  # the loop is closed; its consumer (if any) finished with it
-            self._finish_without_loop()
+        state = self._lt.state
+        if state == "running":
+            try:
+                # A callback, not run_coroutine_threadsafe: if the loop closes before running
+                # it, no coroutine object is left behind un-awaited.
+                self._lt.loop.call_soon_threadsafe(self._spawn_drain, deadline)
+            except RuntimeError:  # the loop is closed; its consumer (if any) finished with it
+                self._finish_without_loop()
+                return
+        elif state != "stopping":
+            # Stopped or dead: no stop() is left to drain us, and a callback may never run.
+            # A closed loop took its consumer with it; an abandoned (blocked) one may never
+            # run again, so do not wait for it.
+            if self._lt.loop.is_closed():
+                self._finish_without_loop()
             return
+        # While stopping, stop() drains this channel through the hook added at creation,
+        # within its own deadline; a drain scheduled now could land after loop.stop() and
+        # never run. The same holds if stop() began after the state was read above.
         wait = None if timeout is None else timeout + self._grace + 0.5
         if not self._done.wait(wait):
             self._log(
@@ -546,15 +635,23 @@ class Channel(Generic[T]):
     async def aclose(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - mirrors close()
         """``close`` for coroutines: awaits the drain instead of blocking.
 
+        Inside this channel's own handler it cannot wait (the drain waits for that very
+        handler call to return): there it stops accepting, starts the drain in the background
+        like ``close()`` on the loop thread, and returns; the consumer handles what is queued
+        once the handler returns.
+
         Raises:
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
         """
         timeout = check_timeout(timeout)
-        if not self._in_loop_thread():
+        if not self._lt.in_loop_thread():
             await asyncio.get_running_loop().run_in_executor(None, self.close, timeout)
             return
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
         self._begin_close("closed")
+        if asyncio.current_task() is self._task:
+            self._spawn_drain(deadline)
+            return
         await self._drain(deadline)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -586,16 +683,12 @@ class Channel(Generic[T]):
         number of accepted items that were not handled. Never raises CancelledError: a
         cancelled drain (stop() ran out of time) still returns its count."""
         self._start_consumer()
-        while self._room_waiters:
-            room = self._room_waiters.popleft()
-            if not room.done():
-                room.set_result(None)
+        self._release_room_waiters()
+        # _begin_close sent a token only if it claimed the park. A producer interrupted by
+        # Ctrl-C may hold the claim without having sent one, or have queued one that the loop
+        # was never told about; its _interrupted() callback may not have run yet.
+        self._kick()
         task = self._task
-        wake = self._wake
-        if self._waiting and wake is not None and wake.async_q.qsize() == 0:
-            # A token is already on its way unless a producer was interrupted between claiming
-            # the park and sending it (KeyboardInterrupt); one extra token costs one loop step.
-            wake.async_q.put_nowait(None)
         try:
             if task is not None and not task.done():
                 await asyncio.wait({task}, timeout=_remaining(deadline))
@@ -603,9 +696,13 @@ class Channel(Generic[T]):
                     task.cancel()
                     await asyncio.wait({task}, timeout=self._grace)
         except asyncio.CancelledError:
-            # stop() ran out of time: cancel the consumer and report what is left anyway.
+            # stop() ran out of time: cancel the consumer and report what is left anyway. It
+            # gets its grace to count the handler call it was in (a partly handled batch);
+            # stop() waits for cancelled drains up to its own cancellation deadline.
             if task is not None:
                 task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({task}, timeout=self._grace)
         return self._finalize()
 
     def _finish_without_loop(self) -> None:
@@ -613,8 +710,7 @@ class Channel(Generic[T]):
         with self._cond:
             if not self._finished:
                 self._finished = True
-                self._unhandled += len(self._items)
-                self._items.clear()
+                self._unhandled += self._take_all()
             waiters, self._flush_waiters = self._flush_waiters, []
             self._cond.notify_all()
         for waiter in waiters:
@@ -631,9 +727,9 @@ class Channel(Generic[T]):
             self._begin_close("loop_stopped")
             self._finalize()
             return
-        # janus binds to the running loop; created here, on it.
+        # janus binds to the running loop; created here, on it. (The drain hook was added at
+        # creation; a stop() under way drains this consumer too.)
         self._wake = janus.Queue()
-        self._lt._add_stop_hook("drain", self._stop_hook)
         self._task = asyncio.get_running_loop().create_task(
             self._consume(), name=f"loopthread-channel-{self._name}"
         )
@@ -684,18 +780,30 @@ class Channel(Generic[T]):
                 # and take the park back, or the producer sees the park and sends a token. If
                 # we both do, exactly one of our pop() calls gets the park: when the producer's
                 # wins, its token is on the way and we must consume it (it is prompt).
+                # _waiting goes up before we read the flush waiters and the deque (see
+                # _register); we pop nothing while it is up.
                 parked.append(None)
+                self._waiting = True
+                flushing = list(self._flush_waiters) if self._flush_waiters else None
                 if items or self._closed:
                     try:
                         parked.pop()
-                        continue
                     except IndexError:
                         pass
-                self._waiting = True
+                    else:
+                        self._waiting = False
+                        continue
+                elif flushing:
+                    # Everything appended before these flushes began has gone through, even
+                    # if an interrupted put left the count ahead of the items (see _admit).
+                    self._release_flush_waiters(flushing)
                 try:
                     await get()
                 finally:
                     self._waiting = False
+                # A spare token (see _kick) can wake us with our park still unclaimed; a stale
+                # flag would make some later put send a token for nothing.
+                parked.clear()
                 self._wakeups += 1
         except asyncio.CancelledError:
             self._begin_close("loop_stopped")
@@ -715,8 +823,11 @@ class Channel(Generic[T]):
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
+                # Items the handler deleted from the batch before re-raising were finished.
+                left = min(len(batch), size)
                 self._in_flight = 0
-                self._unhandled += size
+                self._handled += size - left
+                self._unhandled += left
                 raise
             self._handler_failed(size, exc)  # the handler's own cancellation, not ours
         except BaseException as exc:  # noqa: BLE001 - a handler's fault never kills the channel
@@ -743,54 +854,60 @@ class Channel(Generic[T]):
         if self._blocked:
             with self._cond:
                 self._cond.notify(freed)
+        self._release_room_waiters(freed)
+
+    def _release_room_waiters(self, count: int | None = None) -> None:
+        """Wake up to ``count`` ``aput`` callers waiting for room on the loop (None: all)."""
         waiters = self._room_waiters
-        while waiters and freed:
+        while waiters and count != 0:
             room = waiters.popleft()
             if not room.done():
                 room.set_result(None)
-                freed -= 1
+                if count is not None:
+                    count -= 1
 
-    def _release_flush_waiters(self, everyone: bool = False) -> None:
+    def _release_flush_waiters(self, idle: list[_FlushWaiter] | None = None) -> None:
+        """Wake the flush waiters whose items went through: those whose target the consumer
+        got past, and those in ``idle`` (read before the consumer found the deque empty)."""
         gone = self._gone_through()
         with self._cond:
             waiters = self._flush_waiters
-            if everyone:
-                ready, self._flush_waiters = waiters, []
-            else:
-                ready = [w for w in waiters if w.target <= gone]
-                if not ready:
-                    return
-                self._flush_waiters = [w for w in waiters if w.target > gone]
+            ready = [w for w in waiters if w.target <= gone or (idle is not None and w in idle)]
+            if not ready:
+                return
+            self._flush_waiters = [w for w in waiters if w not in ready]
         for waiter in ready:
+            waiter.done = True
             waiter.wake()
 
     def _finalize(self) -> int:
         """On the loop: mark the consumer done, count what is left; return what was not
         handled (idempotent)."""
-        left = 0
         with self._cond:
             if not self._finished:
                 self._finished = True
-                while True:
-                    try:
-                        self._items.popleft()
-                    except IndexError:
-                        break
-                    left += 1
-                self._unhandled += left
+                self._unhandled += self._take_all()
             self._cond.notify_all()
         self._after_finish()
         return self._unhandled + self._late_unhandled + self._in_flight
 
+    def _take_all(self) -> int:
+        # popleft one by one, not len() then clear(): a producer may append in between.
+        taken = 0
+        with contextlib.suppress(IndexError):
+            while True:
+                self._items.popleft()
+                taken += 1
+        return taken
+
     def _after_finish(self) -> None:
-        if self._after_finished:
+        if self._done.is_set():  # ran already (or the channel finished without its loop)
             return
-        self._after_finished = True
-        self._release_flush_waiters(everyone=True)
-        while self._room_waiters:
-            room = self._room_waiters.popleft()
-            if not room.done():
-                room.set_result(None)
+        with self._cond:
+            waiters, self._flush_waiters = self._flush_waiters, []
+        for waiter in waiters:
+            waiter.wake()  # each decides from the final counters (_flushed)
+        self._release_room_waiters()
         self._lt._remove_stop_hook(self._stop_hook)
         if self._wake is not None:
             # Not close(): that drops what is queued. Only tokens are queued here, but the
@@ -860,9 +977,6 @@ class Channel(Generic[T]):
 
     # ------------------------------------------------------------------ helpers
 
-    def _in_loop_thread(self) -> bool:
-        return threading.get_ident() == self._lt._thread_id
-
     def _closed_error(self) -> ChannelClosedError:
         reason = self._close_reason
         if reason == "forked":
@@ -893,7 +1007,6 @@ class Channel(Generic[T]):
         self._closed = True
         self._close_reason = "forked"
         self._finished = True
-        self._after_finished = True
         self._items.clear()
         self._parked.clear()
         self._wake = None

@@ -271,7 +271,7 @@ class EventBus:
 
     async def _dispatch(self, batch: list[Event]) -> None:
         table = self._handlers
-        for event in batch:
+        for position, event in enumerate(batch):
             handlers = table.get(event["type"])
             if not handlers:
                 self._unknown += 1
@@ -289,7 +289,11 @@ class EventBus:
                 except asyncio.CancelledError as exc:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
-                        raise  # the bus is being stopped
+                        # The bus is being stopped. The events before this one went through
+                        # their handlers: taken out of the batch, the channel counts them as
+                        # handled, and the rest (this one included) as unhandled.
+                        del batch[:position]
+                        raise
                     self._handler_failed(event, handler, exc)
                 except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
                     self._handler_failed(event, handler, exc)

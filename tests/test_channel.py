@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -607,6 +607,29 @@ def test_aclose_on_loop(lt: LoopThread, recorder: Recorder) -> None:
     assert lt.run(put_and_close(), timeout=5) == [0, 1, 2]
 
 
+def test_aclose_inside_own_handler_does_not_wait_for_itself(lt: LoopThread) -> None:
+    """await ch.aclose() inside the channel's own handler (whose drain waits for that very
+    handler call) stops accepting and returns; the consumer then finishes the drain."""
+    returned = threading.Event()
+    ch: Channel[str]
+
+    async def handler(batch: list[str]) -> None:
+        if "quit" in batch:
+            await ch.aclose(timeout=5)
+            returned.set()
+
+    ch = lt.channel(handler)
+    ch.put("quit")
+    assert returned.wait(5)
+    assert ch.closed
+    assert ch.flush(timeout=5)
+    with pytest.raises(ChannelClosedError):
+        ch.put("late")
+    ch.close(timeout=5)
+    stats = ch.stats()
+    assert (stats.handled, stats.unhandled) == (1, 0)
+
+
 def test_close_racing_producers_loses_nothing(lt: LoopThread) -> None:
     """Producers still putting while close() runs: every accepted item is handled or counted."""
     got: list[tuple[int, int]] = []
@@ -686,6 +709,118 @@ def test_blocked_producer_released_by_close(lt: LoopThread, recorder: Recorder) 
     assert recorder.items == [0, 1, 2]
 
 
+# ---------------------------------------------------------------- Ctrl-C inside put
+
+
+class InterruptedCount:
+    """Stands in for one of a channel's ``itertools.count`` counters: its first ``next()``
+    raises KeyboardInterrupt, as a signal handler would, after counting or before."""
+
+    def __init__(self, real: Any, *, count_first: bool) -> None:
+        self.real = real
+        self.count_first = count_first
+        self.fired = False
+
+    def __iter__(self) -> InterruptedCount:
+        return self
+
+    def __next__(self) -> int:
+        if not self.fired:
+            self.fired = True
+            if self.count_first:
+                next(self.real)
+            raise KeyboardInterrupt
+        return int(next(self.real))
+
+    def __repr__(self) -> str:
+        return repr(self.real)  # stats() and flush() read the count from it
+
+
+def interrupt_after_count(ch: Channel[int]) -> None:
+    """Ctrl-C after put() counted its item, before it appended it."""
+    ch._accepted = InterruptedCount(ch._accepted, count_first=True)  # type: ignore[assignment]
+
+
+def interrupt_before_wake(ch: Channel[int]) -> None:
+    """Ctrl-C after the append, before put() claimed the consumer's park."""
+
+    def wake() -> None:
+        del ch._wake_consumer
+        raise KeyboardInterrupt
+
+    ch._wake_consumer = wake  # type: ignore[method-assign]
+
+
+def interrupt_after_claim(ch: Channel[int]) -> None:
+    """Ctrl-C after put() claimed the park, before it sent the token."""
+
+    def wake() -> None:
+        del ch._wake_consumer
+        ch._parked.pop()
+        raise KeyboardInterrupt
+
+    ch._wake_consumer = wake  # type: ignore[method-assign]
+
+
+def interrupt_in_janus_put(ch: Channel[int]) -> None:
+    """Ctrl-C inside janus's put: the token is queued, the loop is never told."""
+    queue = ch._wake
+    assert queue is not None
+
+    def notify(method: Any) -> None:
+        del queue._notify_async
+        raise KeyboardInterrupt
+
+    queue._notify_async = notify  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    "interrupt",
+    [interrupt_after_count, interrupt_before_wake, interrupt_after_claim, interrupt_in_janus_put],
+)
+def test_ctrl_c_inside_put_does_not_stall_the_channel(
+    lt: LoopThread, recorder: Recorder, interrupt: Callable[[Channel[int]], None]
+) -> None:
+    """Ctrl-C landing inside put() while the consumer is parked: flush() completes, a queued
+    item is handled, later puts flow, close(None) returns, stop() reports nothing lost."""
+    ch: Channel[int] = lt.channel(recorder)
+    assert ch.put(0)
+    assert ch.flush(timeout=5)
+    lt.run(asyncio.sleep(0), timeout=5)  # the consumer parked in the step that released flush
+    assert ch._waiting
+    interrupt(ch)
+    with pytest.raises(KeyboardInterrupt):
+        ch.put(1)
+    queued = interrupt is not interrupt_after_count
+    assert ch.flush(timeout=5)
+    assert recorder.items == ([0, 1] if queued else [0])
+    assert ch.put(2)
+    assert ch.flush(timeout=5)
+    assert recorder.items[-1] == 2
+    stats = ch.stats()
+    assert stats.put == stats.handled + (0 if queued else 1)  # the documented inexactness
+    closer = threading.Thread(target=ch.close, daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive()
+    assert ch.flush(timeout=0)  # closed having lost nothing, even past a count with no item
+    assert lt.stop(timeout=5).items_unhandled == 0
+
+
+def test_ctrl_c_between_eviction_and_its_count(lt: LoopThread, recorder: Recorder) -> None:
+    """Ctrl-C in a "drop_oldest" put after it evicted the oldest item, before it counted the
+    eviction: flush() still completes (stats() is one off, as documented)."""
+    ch = held_full(lt, recorder, "drop_oldest")
+    ch._evicted = InterruptedCount(ch._evicted, count_first=False)  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        ch.put(3)
+    recorder.release()
+    assert ch.flush(timeout=5)
+    assert recorder.items == [0, 2]
+    stats = ch.stats()
+    assert (stats.put, stats.handled, stats.dropped) == (3, 2, 0)
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -710,6 +845,26 @@ def test_channel_on_stopped_loop_refused() -> None:
     lt = LoopThread("never-started")
     with pytest.raises(LoopNotRunningError, match="start"):
         lt.channel(noop_batch)
+
+
+def test_channel_created_as_stop_begins_is_drained_or_refused(lt: LoopThread) -> None:
+    """stop() beginning while a channel is created: that stop drains the channel, or the
+    creation fails with LoopNotRunningError, and nothing waits forever. Here stop() runs
+    right after the channel added its drain hook, the latest point that can happen."""
+    add_stop_hook = lt._add_stop_hook
+    reports: list[loopthread.ShutdownReport] = []
+
+    def add_then_stop(kind: Any, hook: Any, **options: Any) -> None:
+        add_stop_hook(kind, hook, **options)
+        reports.append(lt.stop(timeout=5))
+
+    lt._add_stop_hook = add_then_stop  # type: ignore[method-assign]
+    with pytest.raises(LoopNotRunningError, match="stopped"):
+        lt.channel(noop_batch)
+    assert len(reports) == 1
+    assert reports[0].finished
+    assert reports[0].items_unhandled == 0
+    assert not any(isinstance(getattr(h, "__self__", None), Channel) for _, h in lt._stop_hooks)
 
 
 # ---------------------------------------------------------------- no polling

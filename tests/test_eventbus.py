@@ -312,3 +312,46 @@ def test_handler_cancellation_of_its_own_is_a_failure(bus: EventBus) -> None:
         assert bus.flush(timeout=5)
     assert len(got) == 1
     assert bus.stats().handler_failures == 1
+
+
+def test_stop_mid_batch_counts_dispatched_events_as_handled() -> None:
+    """stop() cancelling a batch part way: the events whose handlers ran count as handled,
+    only the rest as unhandled, in the channel's stats and in the ShutdownReport alike."""
+    lt = LoopThread("bus-stop-mid-batch", cancel_grace=0.2).start()
+    bus = EventBus(lt)
+    held = threading.Event()
+    release = threading.Event()
+    hanging = threading.Event()
+    ran: list[int] = []
+
+    async def hold(event: Event) -> None:
+        held.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 5)
+
+    async def fast(event: Event) -> None:
+        ran.append(event["n"])
+
+    async def hang(event: Event) -> None:
+        hanging.set()
+        await asyncio.Event().wait()
+
+    bus.on("hold", hold)
+    bus.on("fast", fast)
+    bus.on("hang", hang)
+    reporter = bus.reporter()
+    reporter.report("hold")
+    assert held.wait(5)
+    # Queued while the consumer is held, these four reach the handlers as one batch.
+    reporter.report("fast", {"n": 1})
+    reporter.report("fast", {"n": 2})
+    reporter.report("hang")
+    reporter.report("fast", {"n": 3})
+    release.set()
+    assert hanging.wait(5)
+    with structlog.testing.capture_logs():
+        report = lt.stop(timeout=0.5)
+    stats = bus.stats().channel
+    assert stats is not None
+    assert ran == [1, 2]
+    assert (stats.handled, stats.unhandled) == (3, 2)  # hold, fast 1, fast 2 | hang, fast 3
+    assert report.items_unhandled == 2

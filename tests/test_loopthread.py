@@ -777,12 +777,12 @@ def test_interrupt_between_queueing_and_waking_does_not_wedge(lt: LoopThread) ->
             raise KeyboardInterrupt
         return real(callback, *args, **kwargs)
 
-    loop.call_soon_threadsafe = interrupted_once  # type: ignore[method-assign]
+    loop.call_soon_threadsafe = interrupted_once  # type: ignore[method-assign,assignment]
     try:
         with pytest.raises(KeyboardInterrupt):
             lt.run(echo(1))
     finally:
-        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+        loop.call_soon_threadsafe = real  # type: ignore[method-assign,assignment]
     assert fired
     assert lt.run(echo(2), timeout=5) == 2
     assert lt.stats().in_flight == 0
