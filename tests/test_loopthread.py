@@ -782,7 +782,7 @@ def test_interrupt_between_queueing_and_waking_does_not_wedge(lt: LoopThread) ->
         with pytest.raises(KeyboardInterrupt):
             lt.run(echo(1))
     finally:
-        loop.call_soon_threadsafe = real  # type: ignore[method-assign,assignment]
+        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
     assert fired
     assert lt.run(echo(2), timeout=5) == 2
     assert lt.stats().in_flight == 0
