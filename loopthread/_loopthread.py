@@ -870,8 +870,9 @@ class LoopThread:
                 self._finish_failed(call, asyncio.CancelledError())
             else:
                 task.cancel()
-        if self._inbox:  # see _enqueue_guarded: a caller may have been interrupted mid-wake
-            self._drain_inbox()
+        # See _enqueue_guarded: a caller interrupted between setting the wake-up flag and waking
+        # the loop leaves the flag set; draining here resets it (even with an empty inbox).
+        self._drain_inbox()
 
     # ------------------------------------------------------------------ the thread
 

@@ -57,7 +57,7 @@ def install_signal_handlers(
     return previous
 
 
-def _check_signals(signals: object) -> list[signal.Signals]:
+def _check_signals(signals: Iterable[signal.Signals]) -> list[signal.Signals]:
     if isinstance(signals, int | str | bytes) or not hasattr(signals, "__iter__"):
         raise TypeError(
             "signals must be a list of signals, e.g. install_signal_handlers([signal.SIGTERM, "
@@ -65,15 +65,17 @@ def _check_signals(signals: object) -> list[signal.Signals]:
         )
     valid = signal.valid_signals()
     checked: list[signal.Signals] = []
-    for sig in signals:
-        if isinstance(sig, bool) or not isinstance(sig, int):
+    for value in signals:
+        if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(
                 f"each signal must be a signal.Signals such as signal.SIGTERM; got "
-                f"{type(sig).__name__} {sig!r}."
+                f"{type(value).__name__} {value!r}."
             )
-        if sig not in valid:
-            raise ValueError(f"{sig!r} is not a signal on this platform; pass e.g. signal.SIGTERM.")
-        sig = signal.Signals(sig)
+        if value not in valid:
+            raise ValueError(
+                f"{value!r} is not a signal on this platform; pass e.g. signal.SIGTERM."
+            )
+        sig = signal.Signals(value)
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             raise ValueError(
                 f"{sig.name} cannot be caught by any program; pass signals that can, such as "

@@ -574,7 +574,8 @@ def serve(
     ``port=0`` picks a free port: read it from the returned server's ``.port``.
 
     Raises:
-        TypeError: ``port`` is not an int, or ``registry`` is not a CollectorRegistry.
+        TypeError: ``port`` is not an int, ``addr`` not a str, or ``registry`` is not a
+            CollectorRegistry.
         ValueError: ``port`` is out of range.
         OSError: the address cannot be bound (the port is in use, the address is not local).
     """
@@ -582,6 +583,11 @@ def serve(
         raise TypeError(f"port must be an int (0 picks a free port); got {port!r}.")
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535 (0 picks a free port); got {port!r}.")
+    if not isinstance(addr, str) or not addr:
+        raise TypeError(
+            f"addr must be a host address as a str, e.g. addr='127.0.0.1' (loopback) or "
+            f"addr='0.0.0.0' (every interface); got {addr!r}."
+        )
     if registry is None:
         registry = REGISTRY
     elif not isinstance(registry, CollectorRegistry):
