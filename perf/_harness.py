@@ -8,12 +8,23 @@ rounds and reports medians and ratios to a named baseline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["Result", "interleave", "markdown_table", "p99", "parse_args", "timed"]
+__all__ = [
+    "Result",
+    "interleave",
+    "markdown_table",
+    "one_cpu",
+    "overhead_verdict",
+    "p99",
+    "parse_args",
+    "timed",
+]
 
 
 def parse_args(description: str) -> argparse.Namespace:
@@ -75,6 +86,39 @@ def interleave(
             gc.collect()
             results[name].per_op.append(run())
     return results
+
+
+@contextlib.contextmanager
+def one_cpu() -> Iterator[bool]:
+    """Pin this thread, and so every thread it starts meanwhile, to one CPU, if the OS allows.
+
+    Yields whether it could. Use it to compare two configurations of the same code (metrics on
+    and off): on a small VM a cross-thread wake-up costs about 25 or 75 µs depending on whether
+    the two threads share a CPU, and which they get changes from one LoopThread instance to the
+    next, a noise far above a 5% difference. On one CPU the run-to-run spread is about 1%.
+    Threads started before entering keep their affinity, so start the competitors inside.
+    """
+    getter = getattr(os, "sched_getaffinity", None)
+    setter = getattr(os, "sched_setaffinity", None)
+    if getter is None or setter is None:
+        yield False
+        return
+    before = getter(0)
+    setter(0, {min(before)})
+    try:
+        yield True
+    finally:
+        setter(0, before)
+
+
+def overhead_verdict(label: str, ratio: float, limit: float) -> str:
+    """A target line for a cost ratio ``on / off`` (time per operation) against ``limit``."""
+    verdict = "**met**" if ratio <= limit else "**NOT met**"
+    percent = round(100 * (ratio - 1), 1) + 0.0  # + 0.0: no "-0.0%"
+    return (
+        f"- {label}: {ratio:.3f}x, overhead {percent:+.1f}% "
+        f"(target ≤ {100 * (limit - 1):.0f}%): {verdict}"
+    )
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import logging
 import logging.config
@@ -349,3 +350,75 @@ def test_stats_snapshot(lt: LoopThread, log: logging.Logger, stream: io.StringIO
     closed = handler.stats().channel
     assert closed is not None
     assert closed.closed
+
+
+def test_wrapped_handler_level_and_filters_apply(
+    lt: LoopThread, log: logging.Logger, stream: io.StringIO
+) -> None:
+    """Each wrapped handler's own level and filters apply, as if it were on the logger."""
+    warnings = io.StringIO()
+    only_warnings = stream_handler(warnings)
+    only_warnings.setLevel(logging.WARNING)
+    no_secrets = stream_handler(stream)
+    no_secrets.addFilter(lambda record: "secret" not in record.getMessage())
+    handler = LoopHandler(only_warnings, no_secrets, loop_thread=lt)
+    log.addHandler(handler)
+    log.info("plain info")
+    log.warning("a warning")
+    log.info("a secret")
+    handler.flush()
+    assert warnings.getvalue().splitlines() == ["a warning"]
+    assert stream.getvalue().splitlines() == ["plain info", "a warning"]
+
+
+def test_emit_failure_costs_one_record(lt: LoopThread, log: logging.Logger) -> None:
+    """A wrapped handler whose emit() raises on one record still gets the rest of the batch."""
+    written: list[str] = []
+
+    class Picky(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "bad":
+                raise ValueError("cannot write this one")
+            written.append(record.getMessage())
+
+    handler = LoopHandler(Picky(), loop_thread=lt)
+    log.addHandler(handler)
+    for message in ("a", "bad", "b"):
+        log.info(message)
+    handler.flush()
+    assert written == ["a", "b"]
+    assert handler.stats().handler_errors == 1
+
+
+def test_dictconfig_named_handler_outlives_dictconfig(tmp_path: Path) -> None:
+    """A handler that dictConfig builds only to be wrapped (referenced by name alone, and
+    configured after the LoopHandler, since names are sorted) is not garbage collected."""
+    target = tmp_path / "app.log"
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {
+                "zz_file": {"class": "logging.FileHandler", "filename": str(target)},
+                "background": {
+                    "()": "loopthread.logging.LoopHandler",
+                    "handler_names": ["zz_file"],
+                },
+            },
+            "loggers": {"dictconfig.gc": {"handlers": ["background"], "level": "INFO"}},
+        }
+    )
+    gc.collect()
+    logger = logging.getLogger("dictconfig.gc")
+    try:
+        logger.info("kept alive")
+        for handler in logger.handlers:
+            handler.flush()
+        assert target.read_text() == "kept alive\n"
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        wrapped = logging._handlers.get("zz_file")  # type: ignore[attr-defined]
+        if wrapped is not None:
+            wrapped.close()  # LoopHandler leaves the handlers it wraps to their owner
