@@ -380,8 +380,10 @@ class LoopHandler(logging.Handler):
             try:
                 await handler.emit_batch(records)
                 failed = 0
-            except Exception as exc:  # noqa: BLE001 - one broken sink must not stop the others
-                failed, error = len(records), exc
+            except asyncio.CancelledError:
+                raise  # our own cancellation (stop): not the sink's fault
+            except BaseException as exc:  # noqa: BLE001 - a broken sink (even SystemExit)
+                failed, error = len(records), exc  # must not stop the others or the loop
         if failed:
             self._handler_failed(handler, failed, error)
 
@@ -425,7 +427,7 @@ def _handle_all(
             if record.levelno >= level:
                 try:
                     handler.handle(record)
-                except Exception as exc:  # noqa: BLE001 - counted by the caller
+                except BaseException as exc:  # noqa: BLE001 - counted by the caller (SystemExit too)
                     failed += 1
                     error = error or exc
         return failed, error
@@ -444,7 +446,7 @@ def _handle_all(
             try:
                 # Python 3.12+: a filter may return a replacement record.
                 emit(rv if isinstance(rv, _LogRecord) else record)
-            except Exception as exc:  # noqa: BLE001 - counted by the caller
+            except BaseException as exc:  # noqa: BLE001 - counted by the caller (SystemExit too)
                 failed += 1
                 error = error or exc
     finally:

@@ -306,16 +306,6 @@ def test_loop_handler_faults_are_isolated(
 ) -> None:
     """LoopHandler: a wrapped logging.Handler or an async sink that raises costs its batch, is
     counted in handler_errors, and the loop keeps running (BaseException included)."""
-    if kind != "ValueError":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="known bug: LoopHandler._deliver (loopthread/logging.py) catches "
-                "Exception only, inside asyncio.gather's child tasks, so a KeyboardInterrupt "
-                "or SystemExit from a wrapped handler or sink escapes its task and kills the "
-                "loop. Catch BaseException there (re-raising only our own cancellation).",
-            )
-        )
     fault = make_fault(kind)
 
     class BadHandler(logging.Handler):
