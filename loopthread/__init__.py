@@ -8,6 +8,7 @@ private modules.
 
 from loopthread._blocking import blocking, run
 from loopthread._channel import Channel, ChannelStats
+from loopthread._default import default
 from loopthread._enrich import ChainStats, EnricherChain, EnricherStats, enricher
 from loopthread._eventbus import EventBus, EventBusStats, Reporter
 from loopthread._exceptions import (
@@ -18,7 +19,6 @@ from loopthread._exceptions import (
     WouldDeadlockError,
 )
 from loopthread._loopthread import LoopStats, LoopThread, ShutdownReport
-from loopthread._process import default
 from loopthread._resource import Resource
 from loopthread._signals import install_signal_handlers
 

@@ -7,9 +7,9 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
+from loopthread._default import default
 from loopthread._exceptions import WouldDeadlockError
 from loopthread._loopthread import LoopThread
-from loopthread._process import default
 from loopthread._validate import check_timeout
 
 __all__ = ["blocking", "run"]

@@ -30,23 +30,25 @@ Design notes (why it is built this way):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import inspect
 import itertools
 import math
-import threading
 import time
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
-from dataclasses import dataclass
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from loopthread import _process
+from loopthread._core._component import ComponentBase, StopPhase
+from loopthread._core._shutdown import CLOSE_FLOOR
+from loopthread._default import current_default, default
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
 from loopthread._log import RateLimiter, logger
-from loopthread._loopthread import CLOSE_FLOOR
+from loopthread._stats import ChainStats, EnricherStats
 from loopthread._validate import check_choice, check_positive_int, check_timeout, close_awaitables
 
 if TYPE_CHECKING:
@@ -68,47 +70,6 @@ class _Circuit(enum.Enum):
 
 
 _CLOSED = _Circuit.CLOSED
-
-
-@dataclass(frozen=True, slots=True)
-class EnricherStats:
-    """Counters of one enricher in a chain.
-
-    ``calls`` counts invocations (a call cut short by the caller giving up is in ``calls`` but
-    in none of ``ok``, ``failures``, ``timeouts``). ``failures`` counts enrichers that raised or
-    returned something other than a mapping or None. ``skipped`` counts events the enricher was
-    not called for: its circuit was open or it is disabled. ``time`` is the total wall time
-    spent in calls, in seconds. ``circuit`` is ``"closed"``, ``"open"`` or ``"half_open"``
-    (cool-down over: the next call is a trial). ``disabled``: its ``startup()`` failed.
-    """
-
-    name: str
-    calls: int
-    ok: int
-    failures: int
-    timeouts: int
-    skipped: int
-    time: float
-    circuit: str
-    disabled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ChainStats:
-    """A snapshot of an EnricherChain's counters (plain data; metrics are derived from it).
-
-    ``events``: events that entered ``enrich`` on the loop. ``degraded``: events that
-    ``enrich_sync`` returned unenriched because the loop was unavailable or the overall timeout
-    expired (``on_unavailable="passthrough"``). ``startup_failures``: enrichers disabled because
-    their ``startup()`` failed.
-    """
-
-    name: str
-    mode: str
-    events: int
-    degraded: int
-    startup_failures: int
-    enrichers: tuple[EnricherStats, ...]
 
 
 class _Configured:
@@ -166,6 +127,7 @@ class _Slot:
         "ok",
         "opened_at",
         "skipped",
+        "started",
         "target",
         "time",
         "timeout",
@@ -192,6 +154,7 @@ class _Slot:
         self.opened_at = 0.0
         self.trial = False
         self.disabled = False
+        self.started = False  # startup() finished (or none): shutdown() is owed at stop
 
 
 def _is_async_callable(fn: object) -> bool:
@@ -259,7 +222,7 @@ def _make_slots(enrichers: object, default_timeout: float | None) -> list[_Slot]
     return slots
 
 
-class EnricherChain:
+class EnricherChain(ComponentBase):
     """Runs enrichers on the loop thread's loop and merges their fields into a new dict.
 
     Args:
@@ -346,12 +309,15 @@ class EnricherChain:
         self._events = 0
         self._startup_failures = 0
         self._degraded = 0
-        self._degraded_lock = threading.Lock()
+        self._degraded_lock = _process.fork_safe_lock()
         self._log_limiter = RateLimiter()  # loop thread only
         self._degraded_limiter = RateLimiter()  # under _degraded_lock
 
         if loop_thread is not None:
-            loop_thread._chains.add(self)
+            # Seen by metrics from the start; a loop that is already stopping refuses it, and
+            # enrich() on it fails over to passthrough anyway.
+            with contextlib.suppress(LoopNotRunningError):
+                loop_thread.components.attach(self)
 
     # ------------------------------------------------------------------ public
 
@@ -423,7 +389,7 @@ class EnricherChain:
         if timeout is not None:
             timeout = check_timeout(timeout)
         try:
-            lt = self._loop_thread if self._loop_thread is not None else _process.default()
+            lt = self._loop_thread if self._loop_thread is not None else default()
             if lt.in_loop_thread():
                 raise WouldDeadlockError(
                     f"EnricherChain {self._name!r}: enrich_sync() was called on the loop thread "
@@ -477,11 +443,16 @@ class EnricherChain:
 
     # ------------------------------------------------------------------ binding and lifecycle
 
+    @property
+    def loop_thread(self) -> LoopThread | None:
+        """The LoopThread given at construction (None: the chain follows ``default()``)."""
+        return self._loop_thread
+
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         lt = self._loop_thread
         if lt is None:
-            lt = _process._default
-        if lt is None or lt._loop is not loop:
+            lt = current_default()
+        if lt is None or lt.state == "new" or lt.loop is not loop:
             where = f"LoopThread {lt.name!r}" if lt is not None else "loopthread.default()"
             raise LoopThreadError(
                 f"EnricherChain {self._name!r} runs on {where}, but enrich() was awaited on "
@@ -489,14 +460,16 @@ class EnricherChain:
                 "loop, await asyncio.wrap_future(lt.submit(chain.enrich(event)))."
             )
         if lt is not self._bound:
-            # A new loop (the default loop was replaced): startup runs again on it.
+            # A new loop (the default loop was replaced): startup runs again on it, and stop()
+            # of that loop shuts down what started there.
             self._bound = lt
             self._started = not self._has_hooks
             self._startup_task = None
             for slot in self._slots:
                 slot.trial = False
                 slot.disabled = False
-            lt._chains.add(self)
+                slot.started = False
+            lt.components.attach(self)
         self._loop = loop
 
     async def _ensure_started(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -509,20 +482,49 @@ class EnricherChain:
             await asyncio.shield(task)
 
     async def _startup(self) -> None:
-        lt = self._bound
-        assert lt is not None
         hooked = [s for s in self._slots if callable(getattr(s.target, "startup", None))]
         await asyncio.gather(*[self._start_one(s) for s in hooked])
-        closing = [
-            s
-            for s in self._slots
-            if not s.disabled and callable(getattr(s.target, "shutdown", None))
-        ]
-        if closing:
-            # The hook holds the enrichers, not the chain: a dropped chain still shuts down
-            # what it started.
-            lt._add_stop_hook("close", _Shutdown(self._name, closing, self._hook_timeout))
+        for slot in self._slots:
+            if not callable(getattr(slot.target, "startup", None)) and not slot.disabled:
+                slot.started = True
         self._started = True
+
+    # ------------------------------------------------------------------ as a component
+
+    stop_phase: StopPhase = "close"
+
+    async def on_stop(self, deadline: float) -> None:
+        """The LoopThread's stop, close phase: every started enricher's ``shutdown()``.
+
+        A startup still running is cancelled first; enrichers whose ``startup()`` finished
+        (or that have none) are shut down, concurrently, each bounded by ``hook_timeout``.
+        """
+        task = self._startup_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({task}, timeout=max(CLOSE_FLOOR, deadline - time.monotonic()))
+        closing = [
+            s for s in self._slots if s.started and callable(getattr(s.target, "shutdown", None))
+        ]
+        for slot in closing:
+            slot.started = False
+        if closing:
+            await _Shutdown(self._name, closing, self._hook_timeout)(deadline)
+
+    def on_closed(self) -> int:
+        """Nothing is queued in a chain."""
+        return 0
+
+    def after_fork_in_child(self) -> None:
+        """The enrichers were started in the parent's loop: start again in the child."""
+        self._bound = None
+        self._loop = None
+        self._started = not self._has_hooks
+        self._startup_task = None
+        for slot in self._slots:
+            slot.started = False
+        self._degraded_lock = _process.fork_safe_lock()
 
     async def _start_one(self, slot: _Slot) -> None:
         try:
@@ -530,6 +532,7 @@ class EnricherChain:
                 result = slot.target.startup()  # type: ignore[attr-defined]
                 if inspect.isawaitable(result):
                     await result
+            slot.started = True  # from now on stop() shuts it down, whatever else happens
         except BaseException as exc:  # a failed startup disables one enricher
             if isinstance(exc, asyncio.CancelledError) and _cancelled_from_outside():
                 raise  # the loop is stopping (its own deadline raises TimeoutError)

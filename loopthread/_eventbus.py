@@ -8,14 +8,16 @@ type. Legacy code that used to poll a queue from an event thread gets a :class:`
 from __future__ import annotations
 
 import asyncio
-import threading
+import itertools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
+from loopthread._bind import Binding
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
 from loopthread._log import RateLimiter, logger
+from loopthread._process import fork_safe_lock
 from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
@@ -138,8 +140,9 @@ class EventBus:
         self._loop_thread = loop_thread
         self._maxsize = check_positive_int(maxsize, "maxsize")
         self._overflow = check_choice(overflow, "overflow", OVERFLOW_POLICIES)
-        self._lock = threading.Lock()
-        self._channel: Channel[Event] | None = None
+        self._lock = fork_safe_lock()
+        self._name = f"event-bus-{next(_ids)}"  # one metrics series per bus
+        self._binding: Binding[Channel[Event]] = Binding(loop_thread, self._open_on, _is_open)
         self._closed = False
         # Copy-on-write: on() replaces the dict, the loop reads whichever one is current.
         self._handlers: dict[str, tuple[Handler, ...]] = {}
@@ -183,7 +186,7 @@ class EventBus:
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
         """
         timeout = check_timeout(timeout)
-        channel = self._channel
+        channel = self._binding.value
         return True if channel is None else channel.flush(timeout)
 
     async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - mirrors flush()
@@ -194,7 +197,7 @@ class EventBus:
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
         """
         timeout = check_timeout(timeout)
-        channel = self._channel
+        channel = self._binding.value
         return True if channel is None else await channel.aflush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
@@ -208,13 +211,13 @@ class EventBus:
         timeout = check_timeout(timeout)
         with self._lock:
             self._closed = True
-            channel = self._channel
+        channel = self._binding.value
         if channel is not None:
             channel.close(timeout)
 
     def stats(self) -> EventBusStats:
         """A snapshot of the bus's counters."""
-        channel = self._channel
+        channel = self._binding.value
         return EventBusStats(
             channel=None if channel is None else channel.stats(),
             events=self._events,
@@ -232,10 +235,13 @@ class EventBus:
 
     # ------------------------------------------------------------------ internals
 
+    @property
+    def name(self) -> str:
+        """``event-bus-N``: names the bus's channel in logs and metrics."""
+        return self._name
+
     def _put(self, event: Event) -> bool:
-        channel = self._channel
-        if channel is None:
-            channel = self._open(None)
+        channel = self._live_channel()
         try:
             return channel.put(event)
         except ChannelClosedError:
@@ -243,31 +249,33 @@ class EventBus:
                 raise
             # The default loop this channel lived on stopped (or this is a forked child):
             # move to the current default loop.
-            return self._open(channel).put(event)
+            return self._live_channel().put(event)
 
-    def _open(self, stale: Channel[Event] | None) -> Channel[Event]:
-        from loopthread._process import default
-
-        with self._lock:
-            channel = self._channel
-            if channel is not None and channel is not stale and not channel.closed:
-                return channel
-            if self._closed:
-                raise ChannelClosedError(
-                    "this EventBus is closed: report() after bus.close() is refused. Stop the "
-                    "workers before closing the bus, or create a new EventBus."
-                )
-            try:
-                loop_thread = self._loop_thread or default()
-            except LoopNotRunningError as exc:
-                raise ChannelClosedError(
-                    f"this EventBus has no running loop to deliver to ({exc})"
-                ) from exc
-            channel = loop_thread.channel(
-                self._dispatch, maxsize=self._maxsize, overflow=self._overflow, name="event-bus"
+    def _live_channel(self) -> Channel[Event]:
+        if self._closed:
+            used = self._binding.value
+            if used is not None:
+                return used  # its put() raises the channel's own ChannelClosedError
+            raise ChannelClosedError(
+                "this EventBus is closed: report() after bus.close() is refused. Stop the "
+                "workers before closing the bus, or create a new EventBus."
             )
-            self._channel = channel
-            return channel
+        channel = self._binding.get()
+        if channel is None and self._binding.value is not None:
+            return self._binding.value  # closed: its put() says why (stopped, forked)
+        if channel is None and self._loop_thread is not None and self._binding.bound_to is None:
+            raise LoopNotRunningError(self._loop_thread._not_running_message())
+        if channel is None:
+            raise ChannelClosedError(
+                "this EventBus has no running loop to deliver to (its LoopThread stopped, or "
+                "the interpreter is exiting)."
+            )
+        return channel
+
+    def _open_on(self, lt: LoopThread) -> Channel[Event]:
+        return lt.channel(
+            self._dispatch, maxsize=self._maxsize, overflow=self._overflow, name=self._name
+        )
 
     async def _dispatch(self, batch: list[Event]) -> None:
         table = self._handlers
@@ -314,3 +322,10 @@ class EventBus:
             )
         except Exception:  # noqa: BLE001 - a broken log setup must not break the bus
             pass
+
+
+_ids = itertools.count(1)
+
+
+def _is_open(channel: Channel[Any]) -> bool:
+    return not channel.closed

@@ -1,17 +1,90 @@
-"""loopthread's own structured logs.
+"""loopthread's own structured logs, and the rate limiter that keeps them from flooding.
 
-The library logs through ``structlog.get_logger("loopthread")`` and never calls
-``structlog.configure()``: how (and whether) these events are rendered is the application's choice.
+The library never calls ``structlog.configure()`` and never writes to stdout on its own:
+
+* when the application configured structlog, events go to ``structlog.get_logger("loopthread")``
+  and are rendered however the application chose;
+* otherwise they go to the stdlib logger ``"loopthread"`` (as ``"event key=value ..."``, with
+  the fields also in ``record.loopthread_fields``), which is silent by default like every
+  library's logger: ``logging.getLogger("loopthread").setLevel(logging.INFO)`` plus a handler
+  shows them. (structlog unconfigured prints every level to stdout, which breaks programs
+  whose stdout is data; and stdlib logging re-creates its locks in a forked child, where a
+  write lock held by another thread at ``fork()`` would otherwise hang the child.)
+
+Callers never log from a signal handler, under a lock another thread may hold, or between a
+state change and the action it announces: they log after.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import structlog
 
-logger: Any = structlog.get_logger("loopthread")
+from loopthread import _process
+
+__all__ = ["RateLimiter", "logger"]
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+_stdlib = logging.getLogger("loopthread")
+_structlog = structlog.get_logger("loopthread")
+
+
+class _LibraryLogger:
+    """``logger.info("event", key=value)``; routed as the module docstring says; never raises."""
+
+    __slots__ = ()
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        try:
+            if structlog.is_configured():
+                getattr(_structlog, level)(event, **fields)
+                return
+            number = _LEVELS[level]
+            if not _stdlib.isEnabledFor(number):
+                return
+            exc_info = fields.pop("exc_info", None)
+            text = " ".join([event, *(f"{key}={value!r}" for key, value in fields.items())])
+            _stdlib.log(
+                number,
+                "%s",
+                text,
+                exc_info=exc_info,
+                extra={"loopthread_event": event, "loopthread_fields": fields},
+            )
+        except Exception:  # noqa: BLE001 - a broken log setup must not break the library
+            pass
+
+    def debug(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at DEBUG."""
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at INFO."""
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at WARNING."""
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at ERROR."""
+        self._emit("error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at CRITICAL."""
+        self._emit("critical", event, fields)
+
+
+logger: Any = _LibraryLogger()
 
 
 class RateLimiter:
@@ -38,3 +111,26 @@ class RateLimiter:
             return suppressed
         self._state[key] = (last, suppressed + 1)
         return None
+
+
+def _reinit_structlog_write_locks() -> None:
+    # structlog's PrintLogger keeps one lock per output file (structlog._output.WRITE_LOCKS);
+    # one held by another thread at fork() would hang the child's first log line forever.
+    try:
+        from structlog import _output
+    except ImportError:  # pragma: no cover - a structlog without it has nothing to reset
+        return
+    locks = getattr(_output, "WRITE_LOCKS", None)
+    if locks is None:
+        return
+    # Loggers keep a reference to their file's lock, so the lock itself is reset, as stdlib
+    # logging does with its handlers' locks: the thread that held it does not exist here.
+    for lock in list(locks.values()):
+        reinit = getattr(lock, "_at_fork_reinit", None)
+        if reinit is not None:
+            reinit()
+        elif lock.locked():
+            lock.release()
+
+
+_process.on_fork_in_child(_reinit_structlog_write_locks)

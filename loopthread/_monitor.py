@@ -67,13 +67,14 @@ import sys
 import threading
 import time
 import traceback
-from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
 
+from loopthread._core._component import ComponentBase
 from loopthread._log import RateLimiter, logger
+from loopthread._util import Buckets
 
 __all__ = [
     "CALL_DURATION_BUCKETS",
@@ -81,6 +82,7 @@ __all__ = [
     "LAG_BUCKETS",
     "Buckets",
     "LoopMonitor",
+    "MonitorComponent",
     "MonitorStats",
     "check_interval",
 ]
@@ -159,32 +161,6 @@ def check_interval(value: float | None, name: str) -> float | None:
             f"{name} must be > 0 seconds; got {value!r}. Pass {name}=None to turn it off."
         )
     return float(value)
-
-
-class Buckets:
-    """Histogram bucket counts written by one thread (the loop thread) and read by any.
-
-    Cheaper than ``prometheus_client.Histogram``, which takes a lock per observation: with a
-    single writer there is nothing to lock. A reader copies ``counts`` (one atomic C call)
-    and derives the total count from that copy, so buckets and count always agree; only
-    ``sum`` may be one observation ahead or behind.
-    """
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound belongs to that bucket (Prometheus' le).
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def snapshot(self) -> tuple[list[int], float]:
-        """Return (per-bucket counts, sum); the counts are not cumulative."""
-        return list(self.counts), self.sum
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,3 +469,45 @@ class LoopMonitor:
 
 def _shorter(a: float, b: float | None) -> float:
     return a if b is None else min(a, b)
+
+
+class MonitorComponent(ComponentBase):
+    """Runs one LoopThread's :class:`LoopMonitor`: started with the loop, closed with it."""
+
+    def __init__(
+        self, loop_name: str, *, lag_interval: float | None, slow_callback: float | None
+    ) -> None:
+        self._loop_name = loop_name
+        self._lag_interval = lag_interval
+        self._slow_callback = slow_callback
+        self.monitor: LoopMonitor | None = None
+
+    @property
+    def name(self) -> str:
+        """``<loop name>-monitor``."""
+        return f"{self._loop_name}-monitor"
+
+    def on_loop_start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the monitor (on the loop thread, before the loop runs)."""
+        self.monitor = LoopMonitor.start(
+            self._loop_name,
+            loop,
+            lag_interval=self._lag_interval,
+            slow_callback=self._slow_callback,
+        )
+
+    def on_closed(self) -> int:
+        """Stop the monitor thread and unwrap the selector."""
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.close()
+        return 0
+
+    def stats(self) -> MonitorStats | None:
+        """The monitor's stats (None before the loop started)."""
+        monitor = self.monitor
+        return monitor.stats() if monitor is not None else None
+
+    def after_fork_in_child(self) -> None:
+        """The monitor thread is the parent's."""
+        self.monitor = None

@@ -1,15 +1,26 @@
-"""All of loopthread's per-process global state, and the hooks that keep it right.
+"""All of loopthread's per-process global state, and the only fork and exit hooks.
 
-* the default LoopThread behind ``loopthread.default()``: created lazily under a lock,
-  replaced when it died, and replaced in a forked child;
-* the registry of live LoopThreads, so that interpreter exit stops (and drains) every one of
-  them, and a forked child marks the ones it inherited as dead instead of hanging on them.
+Owned here, and nowhere else:
 
-Exit: the registry is stopped from an ``atexit`` handler. That runs after non-daemon threads
-were joined (they may still use the loop until then) and before ``logging.shutdown`` (which
-``import logging`` registered earlier, so it runs later), so log records queued to a loop are
-written before logging closes its handlers. The shutdown path starts no thread, which
-Python 3.12+ forbids at exit.
+* the registry of LoopThreads, held weakly in creation order under one lock, so that
+  interpreter exit stops (and drains) every one of them together, and a forked child tells
+  each one that its thread is gone;
+* every module-level lock of the package (:func:`fork_safe_lock`): after ``fork()`` only the
+  forking thread exists, so a lock another thread held then would stay held forever; the
+  fork hook re-creates all of them before anything else runs in the child;
+* the after-fork callbacks of modules that keep per-process state (the default loop,
+  metrics' collectors, the write locks of structlog's loggers), run after the locks;
+* the one ``os.register_at_fork`` hook and the one exit hook.
+
+It knows LoopThreads only through the :class:`Member` protocol and imports nothing of the
+package but :mod:`loopthread._util`, so no import cycle runs through it.
+
+Exit: the hook runs from ``atexit``, after non-daemon threads were joined (they may use the
+loops until then) and before ``logging.shutdown`` (registered earlier by ``import logging``,
+so it runs later): log records queued to a loop are written before logging closes its
+handlers. A ``multiprocessing`` child started by fork ends with ``os._exit()``, where
+``atexit`` never runs; multiprocessing runs its own finalizers first, and the same hook is
+registered there. All loops share one deadline, :data:`EXIT_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -19,89 +30,184 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from loopthread._exceptions import LoopNotRunningError
-
-if TYPE_CHECKING:
-    from loopthread._loopthread import LoopThread
-
-__all__ = ["EXIT_TIMEOUT", "default", "register", "unregister"]
+__all__ = [
+    "EXIT_TIMEOUT",
+    "ForkSafeLock",
+    "Member",
+    "exiting",
+    "fork_safe_lock",
+    "members",
+    "on_exit",
+    "on_fork_in_child",
+    "register",
+    "unregister",
+]
 
 #: Seconds that interpreter exit gives all live LoopThreads, together, to drain and stop.
 EXIT_TIMEOUT = 5.0
 
-_lock = threading.Lock()
-_default: LoopThread | None = None
+
+class Member(Protocol):
+    """What the registry needs of a LoopThread."""
+
+    def begin_exit(self, deadline: float) -> None:
+        """Ask to stop by ``deadline`` (a ``time.monotonic()`` value); do not wait."""
+
+    def finish_exit(self, deadline: float) -> None:
+        """Wait, at most until ``deadline``, for the stop begun by :meth:`begin_exit`."""
+
+    def after_fork_in_child(self) -> bool:
+        """Called in a forked child (only the forking thread exists); True: stay registered."""
+        ...
+
+
+class ForkSafeLock:
+    """A ``threading.Lock`` (or ``RLock``) that the fork hook replaces in a forked child."""
+
+    __slots__ = ("__weakref__", "_lock", "_reentrant")
+
+    def __init__(self, reentrant: bool = False) -> None:
+        self._reentrant = reentrant
+        self._lock = threading.RLock() if reentrant else threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """As ``threading.Lock.acquire``."""
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        """As ``threading.Lock.release``."""
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+    def _reinit(self) -> None:
+        self._lock = threading.RLock() if self._reentrant else threading.Lock()
+
+
+_locks: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
+
+
+def fork_safe_lock(reentrant: bool = False) -> ForkSafeLock:
+    """A new lock that is re-created (released) in a forked child."""
+    lock = ForkSafeLock(reentrant)
+    _locks.add(lock)
+    return lock
+
+
+_lock = fork_safe_lock()
+_registry: dict[int, weakref.ref[Member]] = {}  # id -> ref, in creation order; under _lock
 _exiting = False
-# Live LoopThreads in creation order (dict as an ordered weak set).
-_registry: weakref.WeakKeyDictionary[LoopThread, None] = weakref.WeakKeyDictionary()
+_fork_callbacks: list[Callable[[], None]] = []
+_exit_callbacks: list[Callable[[], None]] = []
 
 
-def register(lt: LoopThread) -> None:
-    """Track ``lt`` for fork and exit handling."""
-    _registry[lt] = None
+def register(member: Member) -> None:
+    """Track ``member`` for fork and exit handling (until it unregisters or is collected)."""
+    key = id(member)
 
+    def forget(ref: weakref.ref[Member]) -> None:
+        with _lock:
+            if _registry.get(key) is ref:
+                del _registry[key]
 
-def unregister(lt: LoopThread) -> None:
-    """Forget ``lt`` (it stopped)."""
-    _registry.pop(lt, None)
-
-
-def default() -> LoopThread:
-    """Return the process-wide LoopThread, started; create (or replace a dead) one if needed.
-
-    Raises:
-        LoopNotRunningError: the interpreter is shutting down.
-    """
-    lt = _default
-    if lt is not None and lt.running:  # the hot path takes no lock
-        return lt
-    return _make_default()
-
-
-def _make_default() -> LoopThread:
-    global _default
-    from loopthread._loopthread import LoopThread
-
+    ref = weakref.ref(member, forget)
     with _lock:
-        lt = _default
-        if lt is not None and lt.running:
-            return lt
-        if _exiting:
-            raise LoopNotRunningError(
-                "the interpreter is shutting down and loopthread's default loop has stopped; "
-                "work submitted from atexit handlers cannot run on it."
-            )
-        lt = LoopThread("loopthread-default")
-        lt.start()
-        _default = lt
-        return lt
+        _registry[key] = ref
+
+
+def unregister(member: Member) -> None:
+    """Forget ``member`` (it stopped)."""
+    with _lock:
+        ref = _registry.get(id(member))
+        if ref is not None and ref() is member:
+            del _registry[id(member)]
+
+
+def members() -> list[Member]:
+    """The registered members, oldest first (a snapshot taken under the registry's lock)."""
+    with _lock:
+        refs = list(_registry.values())
+    return [m for m in (ref() for ref in refs) if m is not None]
+
+
+def exiting() -> bool:
+    """True once the exit hook began: new LoopThreads would not be drained any more."""
+    return _exiting
+
+
+def on_fork_in_child(callback: Callable[[], None]) -> None:
+    """Run ``callback()`` in every forked child, after the locks were re-created."""
+    _fork_callbacks.append(callback)
+
+
+def on_exit(callback: Callable[[], None]) -> None:
+    """Run ``callback()`` at the start of the exit hook, before the loops are stopped."""
+    _exit_callbacks.append(callback)
 
 
 def _stop_all_at_exit() -> None:
     global _exiting
-    _exiting = True
+    with _lock:
+        if _exiting:
+            return  # atexit and multiprocessing's finalizer may both call it
+        _exiting = True
+    for callback in list(_exit_callbacks):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - nothing may keep the loops from draining
+            pass
     deadline = time.monotonic() + EXIT_TIMEOUT
-    live = [lt for lt in reversed(list(_registry.keys())) if lt.running]
-    # Ask every loop to stop first, then wait: a slow one does not delay the others' drain.
-    for lt in live:
-        lt._initiate_stop(deadline)
-    for lt in live:
-        lt.stop(max(0.0, deadline - time.monotonic()))
+    live = list(reversed(members()))
+    # Ask every loop to stop first, then wait: one deadline for all of them together.
+    for member in live:
+        member.begin_exit(deadline)
+    for member in live:
+        member.finish_exit(deadline)
 
 
 def _after_fork_in_child() -> None:
-    # A fresh lock: another thread of the parent may have held the old one at fork time, and
-    # that thread does not exist here to release it.
-    global _lock, _default
-    _lock = threading.Lock()
-    _default = None
-    for lt in list(_registry.keys()):
-        lt._after_fork_in_child()
-    _registry.clear()
+    global _exiting
+    for lock in list(_locks):
+        lock._reinit()
+    _exiting = False
+    for callback in list(_fork_callbacks):
+        callback()
+    for member in members():
+        if not member.after_fork_in_child():
+            unregister(member)
+
+
+def _register_multiprocessing_finalizer() -> None:
+    # A multiprocessing child clears the finalizer registry it inherited before it runs the
+    # target, then runs the after-fork callbacks it inherited: the exit hook is added there.
+    try:
+        from multiprocessing import util
+    except ImportError:  # pragma: no cover - platforms without multiprocessing
+        return
+    util.register_after_fork(_MP_TOKEN, _add_finalizer)
+
+
+class _Token:
+    """A weakly referenceable key for ``multiprocessing.util.register_after_fork``."""
+
+
+_MP_TOKEN = _Token()
+
+
+def _add_finalizer(_token: object) -> None:
+    from multiprocessing import util
+
+    util.Finalize(None, _stop_all_at_exit, exitpriority=100)
 
 
 atexit.register(_stop_all_at_exit)
+_register_multiprocessing_finalizer()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

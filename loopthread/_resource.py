@@ -10,12 +10,13 @@ Design notes:
   capture the first caller's context) and callers wait on it through ``asyncio.shield``: a
   caller that gives up does not cancel the creation the others wait for. A failed creation is
   forgotten, so the next ``get()`` tries again.
-* One "close" stop hook per LoopThread closes every created value, in reverse order of
-  creation. It is put *first* in the LoopThread's hook list, and close hooks run last-registered
-  first, so resources are closed after everything that may still use them (enricher
-  shutdowns, other components' close hooks); a value created by one of those hooks is still
-  closed. Each close is bounded, but keeps back a small share of the time left for the ones
-  after it, so a hanging close cannot skip the others.
+* One component per LoopThread (stop phase ``"close_last"``) closes every created value, in
+  reverse order of creation, after everything that may still use them (enricher shutdowns,
+  other components' closes) and before the loop's remaining tasks are cancelled, so a value
+  whose ``aclose()`` needs its own background task (a batching writer) still has it; a value
+  created by one of those earlier closes is still closed. Each close is bounded, but keeps
+  back a small share of the time left for the ones after it, so a hanging close cannot skip
+  the others. A loop that dies runs the same close.
 """
 
 from __future__ import annotations
@@ -23,15 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from loopthread._core._component import ComponentBase, StopPhase
+from loopthread._core._shutdown import CLOSE_FLOOR
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError
 from loopthread._log import RateLimiter, logger
-from loopthread._loopthread import CLOSE_FLOOR
 from loopthread._validate import close_awaitables
 
 if TYPE_CHECKING:
@@ -44,9 +44,6 @@ T = TypeVar("T")
 # Seconds of the stop() budget each close keeps back for every close still to come (capped at
 # half of what is left).
 _CLOSE_RESERVE = 0.1
-
-_closers_lock = threading.Lock()
-_closers: weakref.WeakKeyDictionary[LoopThread, _Closer] = weakref.WeakKeyDictionary()
 
 
 class Resource(Generic[T]):
@@ -108,7 +105,7 @@ class Resource(Generic[T]):
         self._creating: asyncio.Task[T] | None = None
         self._failures = 0
         self._limiter = RateLimiter()  # loop thread only
-        self._closer = _closer_for(lt)
+        self._closer = lt.components.attach_once("resources", lambda: _Closer(lt.name))
 
     @property
     def name(self) -> str:
@@ -129,7 +126,7 @@ class Resource(Generic[T]):
             BaseException: whatever the factory raised (the next ``get()`` tries again).
         """
         loop = asyncio.get_running_loop()
-        if loop is not self._lt._loop:
+        if self._lt.state == "new" or loop is not self._lt.loop:
             raise LoopThreadError(
                 f"Resource {self._name!r} belongs to LoopThread {self._lt.name!r}; "
                 "res.get() was awaited on another event loop (values such as connection pools "
@@ -201,17 +198,29 @@ class Resource(Generic[T]):
         return f"<Resource {self._name!r} {state} on {self._lt.name!r}>"
 
 
-class _Closer:
+class _Closer(ComponentBase):
     """Closes one LoopThread's resources at stop(), newest first. Loop thread only."""
 
-    __slots__ = ("__weakref__", "closed", "created", "lt_name")
+    __slots__ = ("closed", "created", "lt_name")
+
+    stop_phase: StopPhase = "close_last"
 
     def __init__(self, lt_name: str) -> None:
         self.lt_name = lt_name
         self.created: list[Resource[Any]] = []  # in order of creation
         self.closed = False
 
-    async def __call__(self, deadline: float) -> None:
+    @property
+    def name(self) -> str:
+        """``resources``."""
+        return "resources"
+
+    def stats(self) -> int:
+        """How many created values are waiting to be closed."""
+        return len(self.created)
+
+    async def on_stop(self, deadline: float) -> None:
+        """Close every created value, newest first, each bounded (see the module docstring)."""
         self.closed = True
         interrupted: asyncio.CancelledError | None = None
         created = self.created
@@ -241,22 +250,28 @@ class _Closer:
                     "resource.close_failed",
                     resource=resource.name,
                     loop_thread=self.lt_name,
-                    error=repr(exc),
+                    error=_describe(exc),
                 )
         if interrupted is not None:
             raise interrupted
 
+    def on_closed(self) -> int:
+        """The loop is gone: nothing more can be created."""
+        self.closed = True
+        return 0
 
-def _closer_for(lt: LoopThread) -> _Closer:
-    with _closers_lock:
-        closer = _closers.get(lt)
-        if closer is None:
-            closer = _Closer(lt.name)
-            _closers[lt] = closer
-            # Resources close after every other close hook, whenever they were registered:
-            # enricher shutdowns may still use them.
-            lt._add_stop_hook("close", closer, run_last=True)
-        return closer
+    def after_fork_in_child(self) -> None:
+        """The created values belong to the parent's loop."""
+        self.created = []
+
+
+def _describe(exc: BaseException) -> str:
+    # An exception whose repr() raises (a detached ORM object in its args) must not stop
+    # the remaining closes.
+    try:
+        return repr(exc)
+    except Exception:  # noqa: BLE001
+        return f"<{type(exc).__name__} (repr failed)>"
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
+from loopthread import _process
 from loopthread._log import logger
 
 __all__ = ["install_signal_handlers"]
@@ -85,11 +86,27 @@ def _check_signals(signals: Iterable[signal.Signals]) -> list[signal.Signals]:
     return checked
 
 
+# The signals received, in order, written by the handler (a list append takes no lock that
+# other threads may hold) and logged by the exit hook, outside the signal handler.
+_received: list[int] = []
+
+
 def _exit_in_order(signum: int, frame: FrameType | None) -> None:
+    # A signal handler runs between two bytecodes of the main thread, wherever it is: inside
+    # a log call holding the logger's lock, say. So it takes no lock and logs nothing.
     del frame
-    name = signal.Signals(signum).name
-    try:
-        logger.info("loop_thread.signal_received", signal=name, action="orderly exit")
-    except Exception:  # noqa: BLE001 - a broken log setup must not block the exit
-        pass
+    _received.append(signum)
     raise SystemExit(128 + signum)
+
+
+def _log_received() -> None:
+    for signum in list(_received):
+        logger.info(
+            "loop_thread.signal_received",
+            signal=signal.Signals(signum).name,
+            action="orderly exit",
+        )
+    _received.clear()
+
+
+_process.on_exit(_log_received)

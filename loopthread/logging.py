@@ -21,13 +21,14 @@ import contextvars
 import copy
 import itertools
 import logging
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from loopthread._bind import Binding
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
 from loopthread._log import RateLimiter, logger
+from loopthread._process import fork_safe_lock
 from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
@@ -155,11 +156,12 @@ class LoopHandler(logging.Handler):
         self._chain: EnricherChain | None = _make_chain(
             enrichers, check_timeout(enrich_timeout, "enrich_timeout"), loop_thread
         )
-        self._channel: Channel[logging.LogRecord] | None = None
+        self._binding: Binding[Channel[logging.LogRecord]] = Binding(
+            loop_thread, self._open_channel, _is_open
+        )
         self._last_channel: Channel[logging.LogRecord] | None = None  # for stats() after close
-        self._bound_to: LoopThread | None = None
         self._errors = RateLimiter(10.0)
-        self._errors_lock = threading.Lock()
+        self._errors_lock = fork_safe_lock()
         # Written by any thread that logs: itertools.count, one atomic next() per record.
         self._emitted = itertools.count()
         self._dropped = itertools.count()
@@ -185,7 +187,7 @@ class LoopHandler(logging.Handler):
 
     def stats(self) -> LoopHandlerStats:
         """A snapshot of the counters, with the channel's stats."""
-        channel = self._channel or self._last_channel
+        channel = self._binding.value or self._last_channel
         return LoopHandlerStats(
             emitted=_peek(self._emitted),
             dropped=_peek(self._dropped),
@@ -257,10 +259,11 @@ class LoopHandler(logging.Handler):
 
     def flush(self, timeout: float | None = 5.0) -> None:
         """Wait until every record emitted so far was written (bounded by ``timeout``)."""
-        channel = self._channel
+        channel = self._binding.value
+        bound = self._binding.bound_to
         if channel is not None and not _processing.get():
             try:
-                if self._bound_to is not None and self._bound_to.in_loop_thread():
+                if bound is not None and bound.in_loop_thread():
                     return  # the loop cannot wait for itself; records are written soon after
                 channel.flush(timeout)
             except (ChannelClosedError, LoopNotRunningError):
@@ -274,7 +277,7 @@ class LoopHandler(logging.Handler):
 
         Wrapped handlers belong to whoever created them (``logging.shutdown`` closes them).
         """
-        channel, self._channel = self._channel, None
+        channel = self._binding.forget()
         if channel is not None:
             self._last_channel = channel
             try:
@@ -284,34 +287,17 @@ class LoopHandler(logging.Handler):
         super().close()
 
     def _live_channel(self) -> Channel[logging.LogRecord] | None:
-        channel = self._channel
-        if channel is not None and self._bound_to is not None and self._bound_to.running:
-            return channel
-        return self._bind()
+        return self._binding.get()
 
-    def _bind(self) -> Channel[logging.LogRecord] | None:
-        """Create the channel on the loop thread (again, after fork or a dead default)."""
-        with self.lock or _null_lock:
-            if self._channel is not None and self._bound_to is not None:
-                if self._bound_to.running:
-                    return self._channel
-                if self._loop_thread is not None:
-                    return None  # the user's own loop is gone: write directly from now on
-            try:
-                from loopthread._process import default
-
-                lt = self._loop_thread or default()
-                self._channel = lt.channel(
-                    self._handle_batch,
-                    maxsize=self._maxsize,
-                    overflow=self._overflow,
-                    batch_size=self._batch_size,
-                    name=f"logging:{self.name or id(self)}",
-                )
-            except LoopNotRunningError:
-                return None  # interpreter exit: the caller writes directly
-            self._bound_to = lt
-            return self._channel
+    def _open_channel(self, lt: LoopThread) -> Channel[logging.LogRecord]:
+        """Open the channel on ``lt`` (again, after fork or a dead default loop)."""
+        return lt.channel(
+            self._handle_batch,
+            maxsize=self._maxsize,
+            overflow=self._overflow,
+            batch_size=self._batch_size,
+            name=f"logging:{self.name or id(self)}",
+        )
 
     def _resolved_handlers(self) -> list[logging.Handler | AsyncSink]:
         if self._handler_names:
@@ -505,12 +491,5 @@ _LogRecord = logging.LogRecord
 _new_record = object.__new__
 
 
-class _NullLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
-
-
-_null_lock = _NullLock()
+def _is_open(channel: Channel[Any]) -> bool:
+    return not channel.closed

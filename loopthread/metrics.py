@@ -46,6 +46,7 @@ Families (all labelled by ``loop``; channel and enricher families by ``channel``
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import threading
@@ -62,15 +63,18 @@ from prometheus_client.metrics_core import (
     SummaryMetricFamily,
 )
 
+from loopthread._core._component import ComponentBase
 from loopthread._log import RateLimiter, logger
-from loopthread._monitor import DEFAULT_REGISTRY, Buckets
+from loopthread._monitor import DEFAULT_REGISTRY
+from loopthread._process import fork_safe_lock, on_fork_in_child
+from loopthread._stats import ChainStats, ChannelStats
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from loopthread._loopthread import LoopThread
 
-__all__ = ["LoopThreadCollector", "MetricsServer", "serve"]
+__all__ = ["LoopThreadCollector", "MetricsComponent", "MetricsServer", "serve"]
 
 _Kind = Literal["counter", "gauge", "histogram", "summary"]
 _Labels = tuple[str, ...]
@@ -259,7 +263,7 @@ class LoopThreadCollector:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._loops: weakref.WeakKeyDictionary[LoopThread, str] = weakref.WeakKeyDictionary()
         self._retired = _Samples()
         self._limiter = RateLimiter(60.0)  # used under _lock only
@@ -289,14 +293,6 @@ class LoopThreadCollector:
                 n += 1
                 label = f"{lt.name}#{n}"
             self._loops[lt] = label
-        if label != lt.name:
-            logger.warning(
-                "loop_thread.metrics_name_clash",
-                loop_thread=lt.name,
-                metrics_label=label,
-                hint="another running LoopThread on this metrics registry has this name; "
-                "give each LoopThread a unique name.",
-            )
         return label
 
     def retire(self, lt: LoopThread) -> None:
@@ -304,9 +300,19 @@ class LoopThreadCollector:
         with self._lock:
             self._retire(lt)
 
+    def fold_detached(self, lt: LoopThread, component: object) -> None:
+        """A component of ``lt`` detached (a closed channel): keep its final counters."""
+        with self._lock:
+            label = self._loops.get(lt)
+            if label is None:
+                return
+            final = _Samples()
+            _read_component(component, label, final)
+            self._retired.fold(final)
+
     def _retire(self, lt: LoopThread) -> None:
         label = self._loops.pop(lt, None)
-        if label is None or getattr(lt, "_pid", None) != os.getpid():
+        if label is None or lt.pid != os.getpid():
             return  # unknown, or inherited across fork(): its counts belong to the parent
         final = _Samples()
         self._read(lt, label, final)
@@ -331,6 +337,68 @@ class LoopThreadCollector:
                     suppressed=suppressed,
                 )
 
+    def _after_fork_in_child(self) -> None:
+        # The counts folded so far are the parent's to report.
+        self._retired = _Samples()
+        self._loops = weakref.WeakKeyDictionary()
+
+
+class MetricsComponent(ComponentBase):
+    """Attaches one LoopThread to its registry's collector while its loop runs."""
+
+    def __init__(self, registry: object) -> None:
+        self._collector = _collector_for(registry)  # checks the registry
+        self._lt: weakref.ref[LoopThread] | None = None
+        self.label = ""
+
+    @property
+    def name(self) -> str:
+        """``metrics``."""
+        return "metrics"
+
+    def bind(self, lt: LoopThread) -> None:
+        """Serve ``lt`` (called once, by the LoopThread it belongs to)."""
+        self._lt = weakref.ref(lt)
+        collector = self._collector
+        ref = self._lt
+
+        def fold(component: object) -> None:
+            owner = ref()
+            if owner is not None:
+                collector.fold_detached(owner, component)
+
+        lt.components.on_detach(fold)
+
+    def on_loop_start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the collector; a name clash is logged once the loop runs."""
+        lt = self._lt() if self._lt is not None else None
+        if lt is None:
+            return
+        self.label = label = self._collector.attach(lt)
+        if label != lt.name:
+            loop.call_soon(_log_clash, lt.name, label)
+
+    def on_closed(self) -> int:
+        """Fold the final counts into the collector."""
+        lt = self._lt() if self._lt is not None else None
+        if lt is not None:
+            self._collector.retire(lt)
+        return 0
+
+    def stats(self) -> str:
+        """The ``loop`` label this LoopThread is exported under."""
+        return self.label
+
+
+def _log_clash(name: str, label: str) -> None:
+    logger.warning(
+        "loop_thread.metrics_name_clash",
+        loop_thread=name,
+        metrics_label=label,
+        hint="another running LoopThread on this metrics registry has this name; "
+        "give each LoopThread a unique name.",
+    )
+
 
 def _read_loop(lt: LoopThread, label: str, out: _Samples) -> None:
     stats = lt.stats()
@@ -339,46 +407,36 @@ def _read_loop(lt: LoopThread, label: str, out: _Samples) -> None:
         out.add("loopthread_calls", (label, outcome), getattr(stats, field))
     out.add("loopthread_loops_created", loop, stats.loops_created)
     out.add("loopthread_calls_in_flight", loop, stats.in_flight)
-    durations: Buckets | None = getattr(lt, "_call_durations", None)
-    if durations is not None:
-        counts, total = durations.snapshot()
-        out.histogram("loopthread_call_duration_seconds", loop, durations.bounds, counts, total)
-    monitor = getattr(lt, "_monitor", None)
-    if monitor is not None:
-        out.add("loopthread_loop_stalls", loop, monitor.stats().stalls)
-        lag: Buckets | None = monitor.lag
-        if lag is not None:
-            counts, total = lag.snapshot()
-            out.histogram("loopthread_loop_lag_seconds", loop, lag.bounds, counts, total)
-    _read_executor(getattr(lt, "_executor", None), loop, stats.executor_workers, out)
-    for channel in _members(lt, "_channels"):
-        _read_channel(channel, label, out)
-    for chain in _members(lt, "_chains"):
-        _read_chain(chain, label, out)
+    if stats.call_durations is not None:
+        h = stats.call_durations
+        out.histogram("loopthread_call_duration_seconds", loop, h.bounds, list(h.counts), h.sum)
+    out.add("loopthread_loop_stalls", loop, stats.loop_stalls)
+    if stats.loop_lag is not None:
+        h = stats.loop_lag
+        out.histogram("loopthread_loop_lag_seconds", loop, h.bounds, list(h.counts), h.sum)
+    if stats.executor_workers:
+        out.add("loopthread_executor_queue_depth", loop, stats.executor_queue_depth)
+        out.add("loopthread_executor_busy_workers", loop, stats.executor_busy)
+        out.add("loopthread_executor_max_workers", loop, stats.executor_workers)
+    failed: Exception | None = None
+    for component in lt.components:
+        try:
+            _read_component(component, label, out)
+        except Exception as exc:  # noqa: BLE001 - one broken component must not hide the rest
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
-def _read_executor(executor: Any, loop: _Labels, max_workers: int, out: _Samples) -> None:
-    # ThreadPoolExecutor keeps no public counters; these private fields have been stable
-    # since Python 3.8, and getattr keeps a future change from breaking the scrape.
-    if executor is None:
+def _read_component(component: object, loop_label: str, out: _Samples) -> None:
+    stats = getattr(component, "stats", None)
+    if not callable(stats):
         return
-    queue = getattr(executor, "_work_queue", None)
-    if queue is not None:
-        out.add("loopthread_executor_queue_depth", loop, queue.qsize())
-    threads = len(getattr(executor, "_threads", ()))
-    idle = getattr(getattr(executor, "_idle_semaphore", None), "_value", 0)
-    out.add("loopthread_executor_busy_workers", loop, max(0, threads - idle))
-    out.add("loopthread_executor_max_workers", loop, max_workers)
-
-
-def _members(lt: LoopThread, attribute: str) -> list[Any]:
-    members = getattr(lt, attribute, None)
-    refs = getattr(members, "data", None)  # a WeakSet's set of weak references
-    if refs is None:
-        return []
-    # tuple() of a set runs in C without releasing the GIL: a snapshot even while the loop
-    # thread adds a channel; iterating the WeakSet itself could raise "changed size".
-    return [obj for obj in (ref() for ref in tuple(refs)) if obj is not None]
+    snapshot = stats()
+    if isinstance(snapshot, ChannelStats):
+        _read_channel(snapshot, loop_label, out)
+    elif isinstance(snapshot, ChainStats):
+        _read_chain(snapshot, loop_label, out)
 
 
 def _number(value: object) -> float | None:
@@ -392,9 +450,8 @@ def _name(stats: object, owner: object, fallback: str) -> str:
     return str(name) if name else fallback
 
 
-def _read_channel(channel: Any, loop_label: str, out: _Samples) -> None:
-    stats = channel.stats()
-    key = (loop_label, _name(stats, channel, "channel"))
+def _read_channel(stats: ChannelStats, loop_label: str, out: _Samples) -> None:
+    key = (loop_label, stats.name)
     for field in ("put", "handled", "dropped", "failed"):
         value = _number(getattr(stats, field, None))
         if value is not None:
@@ -407,9 +464,8 @@ def _read_channel(channel: Any, loop_label: str, out: _Samples) -> None:
         out.maximum("loopthread_channel_high_water", key, high_water)
 
 
-def _read_chain(chain: Any, loop_label: str, out: _Samples) -> None:
-    stats = chain.stats()
-    chain_name = _name(stats, chain, "chain")
+def _read_chain(stats: ChainStats, loop_label: str, out: _Samples) -> None:
+    chain_name = stats.name
     degraded = _number(getattr(stats, "degraded", None))
     if degraded is not None:
         out.add("loopthread_chain_degraded_events", (loop_label, chain_name), degraded)
@@ -466,7 +522,7 @@ def _circuit_state(enricher: object) -> str | None:
 
 # ---------------------------------------------------------------------- one collector per registry
 
-_collectors_lock = threading.Lock()
+_collectors_lock = fork_safe_lock()
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, LoopThreadCollector] = (
     weakref.WeakKeyDictionary()
 )
@@ -503,17 +559,11 @@ def _collector_for(registry: object) -> LoopThreadCollector:
 
 
 def _after_fork_in_child() -> None:
-    # A lock held by a scraping thread at fork() would stay locked forever in the child, and
-    # the counts folded so far are the parent's to report.
-    global _collectors_lock
-    _collectors_lock = threading.Lock()
     for collector in list(_collectors.values()):
-        collector._lock = threading.Lock()
-        collector._retired = _Samples()
+        collector._after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+on_fork_in_child(_after_fork_in_child)
 
 
 # ---------------------------------------------------------------------- the HTTP endpoint

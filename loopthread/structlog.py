@@ -20,15 +20,16 @@ import asyncio
 import contextvars
 import inspect
 import itertools
-import threading
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from loopthread._bind import Binding
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError, WouldDeadlockError
 from loopthread._log import RateLimiter, logger
+from loopthread._process import fork_safe_lock
 from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
@@ -92,9 +93,9 @@ class EnrichProcessor:
         try:
             # Not chain.enrich_sync(): its passthrough returns a copy without saying it did,
             # and this processor must count what it passed on unenriched.
-            lt = chain._loop_thread
+            lt = chain.loop_thread
             if lt is None:
-                from loopthread._process import default
+                from loopthread._default import default
 
                 lt = default()
             if lt.in_loop_thread():
@@ -180,11 +181,9 @@ class OffloadProcessor:
         )
         self._loop_thread = loop_thread
         self._options = channel_options
-        self._lock = threading.Lock()  # binding only; the hot path reads without it
-        self._channel: Channel[_Item] | None = None
-        self._bound_to: LoopThread | None = None
+        self._binding: Binding[Channel[_Item]] = Binding(loop_thread, self._open_channel, _is_open)
         self._errors = RateLimiter(10.0)
-        self._errors_lock = threading.Lock()
+        self._errors_lock = fork_safe_lock()
         self._offloaded = itertools.count()
         self._dropped = itertools.count()
         self._direct = itertools.count()
@@ -211,7 +210,7 @@ class OffloadProcessor:
 
     def stats(self) -> OffloadStats:
         """How many events were offloaded, dropped, done in place, or lost to a failure."""
-        channel = self._channel
+        channel = self._binding.value
         return OffloadStats(
             offloaded=_peek(self._offloaded),
             dropped=_peek(self._dropped),
@@ -228,7 +227,7 @@ class OffloadProcessor:
         Raises:
             WouldDeadlockError: called on the loop thread (the sink runs there).
         """
-        channel = self._channel
+        channel = self._binding.value
         if channel is None:
             return True
         try:
@@ -242,25 +241,10 @@ class OffloadProcessor:
     # ------------------------------------------------------------------ binding
 
     def _live_channel(self) -> Channel[_Item] | None:
-        channel = self._channel
-        bound = self._bound_to
-        if channel is not None and bound is not None and bound.running:
-            return channel
-        with self._lock:  # one channel, however many threads log the first event at once
-            if self._channel is not None and self._bound_to is not None:
-                if self._bound_to.running:
-                    return self._channel
-                if self._loop_thread is not None:
-                    return None  # the user's own loop is gone: in place from now on
-            from loopthread._process import default
+        return self._binding.get()
 
-            try:
-                lt = self._loop_thread or default()
-                self._channel = lt.channel(self._handle_batch, **self._options)
-            except LoopNotRunningError:
-                return None  # interpreter exit, or a loop_thread that is not running
-            self._bound_to = lt
-            return self._channel
+    def _open_channel(self, lt: LoopThread) -> Channel[_Item]:
+        return lt.channel(self._handle_batch, **self._options)
 
     # ------------------------------------------------------------------ the work
 
@@ -406,3 +390,7 @@ def offload(
         "name": f"structlog.offload-{next(_offload_ids)}",
     }
     return OffloadProcessor(processors, sink, loop_thread, options)
+
+
+def _is_open(channel: Channel[Any]) -> bool:
+    return not channel.closed

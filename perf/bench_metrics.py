@@ -1,11 +1,12 @@
 """What a Prometheus scrape costs: ``generate_latest`` of a loop with channels and enrichers.
 
-One LoopThread with its metrics on a fresh ``CollectorRegistry``, 10 channels and 2 enricher
-chains of 5 enrichers each (fakes shaped like their ``stats()``, so the figure is the
-collector's and the exposition's, not the channels' work). The collector reads every value from
-``stats()`` at scrape time, so this is where the counters cost something; the hot paths pay
-only the per-call histogram, measured with metrics on and off in perf/bench_calls.py (lt.run)
-and perf/bench_channel.py (channel throughput).
+One LoopThread with its metrics on a fresh ``CollectorRegistry``, 10 real channels and 2 real
+enricher chains of 5 enrichers each, all with non-zero counters (items put and handled, events
+enriched) and idle while scraped, so the figure is their ``stats()`` snapshots, the collector's
+and the exposition's, not the channels' work. The collector reads every value from ``stats()``
+at scrape time, so this is where the counters cost something; the hot paths pay only the
+per-call histogram, measured with metrics on and off in perf/bench_calls.py (lt.run) and
+perf/bench_channel.py (channel throughput).
 
 Run: ``python -m perf.bench_metrics [--quick]``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,55 +46,39 @@ async def noop(x: int) -> int:
     return x
 
 
-@dataclass(frozen=True)
-class _ChannelStats:
-    name: str
-    put: int = 1000
-    handled: int = 990
-    dropped: int = 5
-    failed: int = 5
-    depth: int = 0
-    high_water: int = 64
+async def _handle(batch: list[int]) -> None:
+    return None
 
 
-@dataclass(frozen=True)
-class _EnricherStats:
-    name: str
-    calls: int = 1000
-    failures: int = 3
-    timeouts: int = 1
-    skipped: int = 0
-    time: float = 0.25
-    circuit: str = "closed"
+def _make_enricher(index: int) -> Any:
+    async def enrich(event: Mapping[str, Any]) -> dict[str, Any]:
+        return {f"field{index}": index}
 
-
-@dataclass(frozen=True)
-class _ChainStats:
-    name: str
-    degraded: int
-    enrichers: tuple[_EnricherStats, ...]
-
-
-class _Fake:
-    def __init__(self, stats: Any) -> None:
-        self._stats = stats
-
-    def stats(self) -> Any:
-        return self._stats
+    return loopthread.enricher(enrich, name=f"e{index}")
 
 
 def _scrape(plan: _Plan) -> tuple[list[float], int]:
     """Seconds per scrape (one sample each) and the exposition's size in bytes."""
     registry = CollectorRegistry()
-    # The loop holds its channels and chains weakly: these lists keep the fakes alive.
-    channels = [_Fake(_ChannelStats(f"channel-{c}")) for c in range(CHANNELS)]
-    enrichers = tuple(_EnricherStats(f"e{i}") for i in range(ENRICHERS))
-    chains = [_Fake(_ChainStats(f"chain-{c}", 0, enrichers)) for c in range(CHAINS)]
     with loopthread.LoopThread("bench-scrape", metrics_registry=registry) as lt:
+        # Real components, attached to lt as any user's are; the collector finds them there.
+        channels = [lt.channel(_handle, name=f"channel-{c}") for c in range(CHANNELS)]
         for channel in channels:
-            lt._channels.add(channel)
+            for i in range(100):
+                channel.put(i)
+        for channel in channels:
+            channel.flush(timeout=10)
+        chains = [
+            loopthread.EnricherChain(
+                [_make_enricher(i) for i in range(ENRICHERS)],
+                loop_thread=lt,
+                name=f"chain-{c}",
+            )
+            for c in range(CHAINS)
+        ]
         for chain in chains:
-            lt._chains.add(chain)
+            for i in range(100):
+                chain.enrich_sync({"n": i})
         for _ in range(100):  # something in the call histogram
             lt.run(noop(1))
         size = len(generate_latest(registry))

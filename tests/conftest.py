@@ -19,14 +19,14 @@ def fixture_lt() -> Iterator[loopthread.LoopThread]:
     finally:
         report = lt.stop(timeout=5.0)
         assert not lt.running
-        assert report.finished or lt.state == "dead"
+        assert report.finished, report
+        assert lt.state in ("stopped", "dead"), lt.state
 
 
 @pytest.fixture(name="_stop_default_loop_at_session_end", scope="session", autouse=True)
 def fixture_stop_default_loop_at_session_end() -> Iterator[None]:
     """Stop the default loop before pytest prints its summary, so its exit logs come first."""
     yield
-    from loopthread import _process
+    from loopthread import testing
 
-    if _process._default is not None:
-        _process._default.stop()
+    testing.reset_default()

@@ -28,6 +28,7 @@ from loopthread import (
     LoopNotRunningError,
     LoopThread,
     WouldDeadlockError,
+    testing,
 )
 
 POLICIES = ("block", "drop_newest", "drop_oldest", "error")
@@ -128,9 +129,9 @@ def test_plain_function_handler(lt: LoopThread) -> None:
 
 
 def test_channel_registered_for_stats(lt: LoopThread) -> None:
-    """lt._channels holds the channel, so metrics can read its stats()."""
+    """The channel is attached to its LoopThread, so metrics can read its stats()."""
     ch = lt.channel(noop_batch, name="metrics-me")
-    assert ch in set(lt._channels)
+    assert ch in testing.components(lt)
     assert ch.stats().name == "metrics-me"
     assert "metrics-me" in repr(ch)
 
@@ -265,16 +266,40 @@ def test_four_producers_lose_nothing(lt: LoopThread) -> None:
 
 
 def test_block_waits_for_room(lt: LoopThread, recorder: Recorder) -> None:
-    """With "block", a full channel makes put wait until the consumer makes room."""
+    """With "block", a full channel makes put wait until the consumer makes room: while the
+    handler is held the put does not return and nothing is admitted past maxsize; once the
+    handler returns, the put is admitted and its item handled in order."""
     ch = held_full(lt, recorder, "block")
-    result: list[bool] = []
-    producer = threading.Thread(target=lambda: result.append(ch.put(3)))
+    # The consumer sampled depth 1 when it took item 0; only the full path can raise it now.
+    assert ch.stats().high_water == 1
+    calling = threading.Event()
+    result: list[tuple[bool, bool]] = []  # (put's answer, was the handler still held?)
+
+    def produce() -> None:
+        calling.set()
+        accepted = ch.put(3)
+        result.append((accepted, not recorder.released.is_set()))
+
+    def put_found_the_channel_full() -> bool:
+        # ChannelStats.high_water is also sampled on put's full path.
+        deadline = time.monotonic() + 5
+        while ch.stats().high_water < 2:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    producer = threading.Thread(target=produce)
     producer.start()
-    producer.join(0.05)
-    assert producer.is_alive(), "put should wait while the channel is full"
+    assert calling.wait(5)
+    assert put_found_the_channel_full()
+    stats = ch.stats()
+    assert (stats.depth, stats.put, stats.over_limit, stats.dropped) == (2, 3, 0, 0)
+    assert result == []  # the put has not returned: it waits for room
     recorder.release()
     producer.join(5)
-    assert result == [True]
+    assert not producer.is_alive()
+    assert result == [(True, False)]  # admitted only after the handler was released
     assert ch.flush(timeout=5)
     assert recorder.items == [0, 1, 2, 3]
     assert ch.stats().high_water == 2
@@ -687,26 +712,46 @@ def test_put_that_lands_after_close_finished_is_counted(lt: LoopThread) -> None:
 
 
 def test_blocked_producer_released_by_close(lt: LoopThread, recorder: Recorder) -> None:
-    """A producer waiting for room gets ChannelClosedError when the channel closes."""
+    """A producer waiting for room gets ChannelClosedError when the channel closes, at once:
+    not after the held handler made room."""
     ch = held_full(lt, recorder, "block")
-    errors: list[BaseException] = []
+    # The consumer sampled depth 1 when it took item 0; only the full path can raise it now.
+    assert ch.stats().high_water == 1
+    errors: list[tuple[BaseException, bool]] = []  # (error, was the handler still held?)
 
     def produce() -> None:
         try:
             ch.put(3)
         except ChannelClosedError as exc:
-            errors.append(exc)
+            errors.append((exc, not recorder.released.is_set()))
+
+    def put_found_the_channel_full() -> bool:
+        # ChannelStats.high_water is also sampled on put's full path.
+        deadline = time.monotonic() + 5
+        while ch.stats().high_water < 2:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
 
     producer = threading.Thread(target=produce)
     producer.start()
-    producer.join(0.05)
+    assert put_found_the_channel_full()  # the put is past its closed check, waiting for room
+    assert errors == []
     closer = threading.Thread(target=ch.close, kwargs={"timeout": 5})
     closer.start()
     producer.join(5)
+    assert not producer.is_alive()
     assert len(errors) == 1
+    error, while_held = errors[0]
+    assert "put() after close() is refused" in str(error)
+    assert while_held  # released by close itself, not by room made by the handler
     recorder.release()
     closer.join(5)
+    assert not closer.is_alive()
     assert recorder.items == [0, 1, 2]
+    stats = ch.stats()
+    assert (stats.put, stats.handled, stats.unhandled, stats.closed) == (3, 3, 0, True)
 
 
 # ---------------------------------------------------------------- Ctrl-C inside put
@@ -850,21 +895,38 @@ def test_channel_on_stopped_loop_refused() -> None:
 def test_channel_created_as_stop_begins_is_drained_or_refused(lt: LoopThread) -> None:
     """stop() beginning while a channel is created: that stop drains the channel, or the
     creation fails with LoopNotRunningError, and nothing waits forever. Here stop() runs
-    right after the channel added its drain hook, the latest point that can happen."""
-    add_stop_hook = lt._add_stop_hook
-    reports: list[loopthread.ShutdownReport] = []
+    a thread creates channels (each with one item) as fast as it can while stop() begins."""
+    created: list[Channel[int]] = []
+    first = threading.Event()
+    refused: list[BaseException] = []
 
-    def add_then_stop(kind: Any, hook: Any, **options: Any) -> None:
-        add_stop_hook(kind, hook, **options)
-        reports.append(lt.stop(timeout=5))
+    def create() -> None:
+        while True:
+            try:
+                ch = lt.channel(noop_batch)
+            except LoopNotRunningError as exc:
+                refused.append(exc)
+                return
+            created.append(ch)
+            first.set()
+            try:
+                ch.put(1)
+            except loopthread.ChannelClosedError:
+                pass
 
-    lt._add_stop_hook = add_then_stop  # type: ignore[method-assign]
-    with pytest.raises(LoopNotRunningError, match="stopped"):
-        lt.channel(noop_batch)
-    assert len(reports) == 1
-    assert reports[0].finished
-    assert reports[0].items_unhandled == 0
-    assert not any(isinstance(getattr(h, "__self__", None), Channel) for _, h in lt._stop_hooks)
+    worker = threading.Thread(target=create)
+    worker.start()
+    assert first.wait(5)
+    report = lt.stop(timeout=5)
+    worker.join(5)
+    assert not worker.is_alive()
+    assert report.finished
+    assert report.items_unhandled == 0
+    assert len(refused) == 1
+    for ch in created:
+        stats = ch.stats()
+        assert ch.closed
+        assert stats.handled + stats.unhandled == stats.put - stats.dropped
 
 
 # ---------------------------------------------------------------- no polling
@@ -933,7 +995,9 @@ def test_channel_closed_in_forked_child(lt: LoopThread) -> None:
 def test_exit_drains_default_loop_channels() -> None:
     """Items put into a default-loop channel just before exit are all handled by exit."""
     source = """
-        import asyncio, sys, loopthread
+        import asyncio, logging, sys, loopthread
+        logging.getLogger("loopthread").setLevel(logging.DEBUG)  # shows loop_thread.stopped
+        logging.getLogger("loopthread").addHandler(logging.StreamHandler(sys.stdout))
         total = 0
         async def handler(batch):
             global total

@@ -20,6 +20,7 @@ from loopthread import (
     LoopThread,
     LoopThreadError,
     WouldDeadlockError,
+    testing,
 )
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
@@ -770,13 +771,13 @@ def test_default_loop_thread_is_used_when_none_is_given() -> None:
     """``loop_thread=None`` runs on loopthread.default(), bound at first use."""
     chain = EnricherChain([returning({"a": 1})])
     assert chain.enrich_sync({"id": 1}) == {"id": 1, "a": 1}
-    assert chain in loopthread.default()._chains
+    assert chain in testing.components(loopthread.default())
 
 
 def test_chain_registers_itself_for_metrics(lt: LoopThread) -> None:
     """Each chain is in its LoopThread's registry, and its stats are plain frozen data."""
     chain = EnricherChain([returning({"a": 1}), returning({"a": 1})], loop_thread=lt, name="c1")
-    assert chain in lt._chains
+    assert chain in testing.components(lt)
     stats = chain.stats()
     assert stats.name == "c1"
     assert stats.mode == "parallel"

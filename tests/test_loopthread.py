@@ -23,6 +23,7 @@ from loopthread import (
     LoopThreadError,
     ShutdownReport,
     WouldDeadlockError,
+    testing,
 )
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
@@ -317,18 +318,67 @@ def test_timeout_with_slow_cleanup_is_bounded_by_grace() -> None:
         assert cleanup_done.wait(5)
 
 
-def test_timeout_result_before_cancel_is_returned(lt: LoopThread) -> None:
+def test_timeout_result_before_cancel_is_returned(
+    lt: LoopThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A timeout of 0 with a coroutine that finishes at once still returns its value or raises.
 
     Either the value arrives before the cancellation (returned, nothing lost) or the call is
-    cancelled (TimeoutError); it never hangs and never returns a wrong value.
+    cancelled (TimeoutError); it never hangs and never returns a wrong value. Nothing lost: every
+    call the loop counted as finished ok was returned to its caller, and every TimeoutError is a
+    call the loop counted as timed out. On 3.12+ the coroutine runs eagerly in the very loop
+    callback that starts it, which the caller queued before its cancellation: all values arrive.
+    And made to happen on every version: a value that lands after the caller's timeout expired,
+    while its cancellation is queued but has not reached the loop yet, is returned.
     """
+    import sys
+
+    returned = timed_out = 0
     for i in range(200):
         try:
-            assert lt.run(echo(i), timeout=0) == i
+            value = lt.run(echo(i), timeout=0)
         except TimeoutError:
-            pass
-    assert lt.stats().in_flight == 0
+            timed_out += 1
+        else:
+            assert value == i
+            returned += 1
+    assert returned + timed_out == 200
+    stats = lt.stats()
+    assert (stats.calls_ok, stats.calls_timed_out) == (returned, timed_out)
+    assert (stats.calls_failed, stats.calls_cancelled, stats.in_flight) == (0, 0, 0)
+    if sys.version_info >= (3, 12):
+        assert returned == 200
+
+    # The late value, deterministically: the coroutine holds the loop in its first step until
+    # this (the calling) thread has given up and queued the cancellation through the loop's
+    # call_soon_threadsafe, then returns without awaiting, before that cancellation runs.
+    started = threading.Event()
+    cancel_queued = threading.Event()
+    caller = threading.get_ident()
+    loop = lt.loop
+    real_call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def watching_call_soon_threadsafe(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        # Only a post the caller makes after the coroutine started is its cancellation.
+        after_start = started.is_set()
+        handle = real_call_soon_threadsafe(callback, *args, **kwargs)
+        if after_start and threading.get_ident() == caller:
+            cancel_queued.set()
+        return handle
+
+    async def lands_late() -> str:
+        started.set()
+        assert cancel_queued.wait(5)  # deliberately holds the loop: no await
+        return "late value"
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", watching_call_soon_threadsafe)
+    with structlog.testing.capture_logs():  # holding the loop may be logged as a stall
+        assert lt.run(lands_late(), timeout=0.05) == "late value"
+    monkeypatch.undo()
+    assert cancel_queued.is_set()  # the caller's timeout did expire first
+    stats = lt.stats()
+    assert (stats.calls_ok, stats.calls_timed_out) == (returned + 1, timed_out)
+    assert stats.in_flight == 0
 
 
 def test_keyboard_interrupt_cancels_coroutine(parked: Parked) -> None:
@@ -480,7 +530,7 @@ def test_executor_is_shared_and_sized(lt: LoopThread) -> None:
 
         assert small.run(where()).startswith("pool-executor")
         assert small.stats().executor_workers == 3
-        assert small.executor._max_workers == 3
+        assert small.executor.max_workers == 3
 
 
 # ---------------------------------------------------------------- load
@@ -600,7 +650,7 @@ def test_stop_lets_running_work_finish(lt: LoopThread) -> None:
         release.set()  # runs once stop() has begun, while finishing() is in flight
         return 0
 
-    lt._add_stop_hook("drain", on_stop)
+    testing.add_stop_hook(lt, on_stop)
     fut = lt.submit(finishing())
     assert entered.wait(5)
     report = lt.stop(5.0)

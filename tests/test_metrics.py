@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import prometheus_client
@@ -16,7 +17,8 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loopthread import LoopThread, metrics
+from loopthread import EnricherChain, LoopThread, metrics, testing
+from loopthread._core._component import ComponentBase
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -158,7 +160,7 @@ def test_lag_and_stall_families(registry: CollectorRegistry) -> None:
             lt.run(blocker())
             lt.run(ok())
             lt.run(ok())
-            monitor = lt._monitor
+            monitor = testing.monitor(lt)
             assert monitor is not None
             stalls = monitor.stats().stalls
         samples = local(registry)
@@ -227,8 +229,8 @@ def test_metrics_off_registers_nothing() -> None:
     lt = LoopThread("metrics-off-probe", metrics_registry=None).start()
     try:
         lt.run(ok())
-        assert lt._metrics is None
-        assert lt._call_durations is None
+        assert not any(isinstance(c, metrics.MetricsComponent) for c in testing.components(lt))
+        assert lt.stats().call_durations is None
         exported = generate_latest(prometheus_client.REGISTRY).decode()
     finally:
         lt.stop()
@@ -260,130 +262,240 @@ def test_a_registry_with_clashing_names_is_refused(registry: CollectorRegistry) 
 
 
 # ---------------------------------------------------------------------- channels and chains
-# Fakes shaped like ChannelStats and ChainStats: the collector reads fields by name.
+# Real channels and enricher chains on the loop: the collector reads their stats() at scrape time.
 
 
-@dataclass(frozen=True)
-class FakeChannelStats:
-    name: str
-    put: int
-    handled: int
-    dropped: int
-    failed: int
-    depth: int
-    high_water: int
+class Gate:
+    """A channel handler that can hold the consumer inside a call, and fails on "bad" items."""
 
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.items: list[Any] = []
 
-@dataclass(frozen=True)
-class FakeEnricherStats:
-    name: str
-    calls: int
-    failures: int
-    timeouts: int
-    skipped: int
-    time: float
-    circuit: str
+    def release(self) -> None:
+        if not self.gate.done():
+            self.gate.set_result(None)
 
-
-@dataclass(frozen=True)
-class FakeChainStats:
-    name: str
-    degraded: int
-    enrichers: tuple[FakeEnricherStats, ...] = field(default=())
-
-
-class Fake:
-    """Anything with a stats() method, as channels and chains are."""
-
-    def __init__(self, stats: Any) -> None:
-        self.current = stats
-
-    def stats(self) -> Any:
-        if isinstance(self.current, Exception):
-            raise self.current
-        return self.current
+    async def __call__(self, batch: list[Any]) -> None:
+        self.entered.set()
+        await asyncio.wrap_future(self.gate)
+        self.items.extend(batch)
+        if "bad" in batch:
+            raise ValueError("bad item")
 
 
 def test_channel_families(mlt: LoopThread, server: metrics.MetricsServer) -> None:
-    """Depth, high water and the item counters, per channel, read at scrape time."""
-    channel = Fake(FakeChannelStats("events", 10, 6, 2, 1, 1, 5))
-    mlt._channels.add(channel)
-    samples = scrape(server)
-    key = {"loop": "m", "channel": "events"}
-    assert value(samples, "loopthread_channel_put_total", **key) == 10
-    assert value(samples, "loopthread_channel_handled_total", **key) == 6
-    assert value(samples, "loopthread_channel_dropped_total", **key) == 2
-    assert value(samples, "loopthread_channel_failed_total", **key) == 1
-    assert value(samples, "loopthread_channel_depth", **key) == 1
-    assert value(samples, "loopthread_channel_high_water", **key) == 5
-    channel.current = FakeChannelStats("events", 12, 9, 2, 1, 0, 5)
-    assert value(scrape(server), "loopthread_channel_handled_total", **key) == 9
+    """Depth, high water and the item counters, per channel, read at scrape time from a real
+    channel: puts, drops by the overflow policy, and a handler that fails on one item."""
+    handler = Gate()
+    channel = mlt.channel(handler, maxsize=2, overflow="drop_newest", batch_size=1, name="events")
+    try:
+        assert channel.put("first")
+        assert handler.entered.wait(5)  # the consumer holds "first" in the handler
+        assert channel.put("bad")
+        assert channel.put("third")  # the channel is full now
+        assert channel.put("dropped") is False
+        assert channel.put("dropped too") is False
+        key = {"loop": "m", "channel": "events"}
+        held = scrape(server)
+        assert value(held, "loopthread_channel_put_total", **key) == 5
+        assert value(held, "loopthread_channel_handled_total", **key) == 0
+        assert value(held, "loopthread_channel_dropped_total", **key) == 2
+        assert value(held, "loopthread_channel_failed_total", **key) == 0
+        assert value(held, "loopthread_channel_depth", **key) == 2
+        assert value(held, "loopthread_channel_high_water", **key) == 2
+        handler.release()
+        with structlog.testing.capture_logs():  # channel.handler_failed
+            assert channel.flush(timeout=5)
+        assert handler.items == ["first", "bad", "third"]
+        done = scrape(server)
+        assert value(done, "loopthread_channel_put_total", **key) == 5
+        assert value(done, "loopthread_channel_handled_total", **key) == 2
+        assert value(done, "loopthread_channel_dropped_total", **key) == 2
+        assert value(done, "loopthread_channel_failed_total", **key) == 1
+        assert value(done, "loopthread_channel_depth", **key) == 0
+        assert value(done, "loopthread_channel_high_water", **key) == 2
+    finally:
+        handler.release()
+
+
+class Geo:
+    """An enricher that fails, times out or answers, as each event asks."""
+
+    name = "geo"
+
+    async def __call__(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        if event["geo"] == "error":
+            raise ConnectionError("geo service down")
+        if event["geo"] == "timeout":
+            await asyncio.Event().wait()  # cut off by the chain's timeout
+        return {"country": "NL"}
+
+
+async def user(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {"user": "alice"}
+
+
+def enricher_stats(chain: EnricherChain, name: str) -> Any:
+    [found] = [e for e in chain.stats().enrichers if e.name == name]
+    return found
 
 
 def test_enricher_families(mlt: LoopThread, server: metrics.MetricsServer) -> None:
-    """Durations as a summary, failures by reason, skips, circuit state, degraded events."""
-    chain = Fake(
-        FakeChainStats(
-            "audit",
-            degraded=3,
-            enrichers=(
-                FakeEnricherStats("geo", 100, 4, 2, 7, 0.5, "open"),
-                FakeEnricherStats("user", 50, 0, 0, 0, 0.25, "closed"),
-            ),
-        )
+    """Durations as a summary, failures by reason, skips, circuit state, degraded events, read
+    at scrape time from a real chain whose enricher fails, times out and has its circuit
+    opened (and half-opened once the cool-down passed)."""
+    now = [0.0]
+    chain = EnricherChain(
+        [Geo(), user],
+        timeout=0.05,
+        loop_thread=mlt,
+        failure_threshold=3,
+        cooldown=30.0,
+        clock=lambda: now[0],
+        name="audit",
     )
-    mlt._chains.add(chain)
+
+    async def enrich_on_the_loop_thread() -> dict[str, Any]:
+        # enrich_sync on the loop thread would wait for itself: passed through, degraded.
+        return chain.enrich_sync({"geo": "ok"})
+
+    with structlog.testing.capture_logs() as logs:
+        # Three consecutive faults (error, timeout, error) open geo's circuit ...
+        for mode in ("error", "timeout", "error"):
+            assert chain.enrich_sync({"geo": mode}) == {"geo": mode, "user": "alice"}
+        # ... so it is skipped for the next two events.
+        for _ in range(2):
+            assert chain.enrich_sync({"geo": "ok"}) == {"geo": "ok", "user": "alice"}
+        assert mlt.run(enrich_on_the_loop_thread()) == {"geo": "ok"}
+    assert any(e["event"] == "enricher.circuit_opened" for e in logs)
     samples = scrape(server)
+    geo_stats = enricher_stats(chain, "geo")
+    user_stats = enricher_stats(chain, "user")
+
     geo = {"loop": "m", "chain": "audit", "enricher": "geo"}
-    assert value(samples, "loopthread_enricher_duration_seconds_count", **geo) == 100
-    assert value(samples, "loopthread_enricher_duration_seconds_sum", **geo) == 0.5
-    assert value(samples, "loopthread_enricher_failures_total", **geo, reason="error") == 4
-    assert value(samples, "loopthread_enricher_failures_total", **geo, reason="timeout") == 2
-    assert value(samples, "loopthread_enricher_skipped_total", **geo) == 7
+    assert value(samples, "loopthread_enricher_duration_seconds_count", **geo) == 3
+    geo_seconds = value(samples, "loopthread_enricher_duration_seconds_sum", **geo)
+    assert geo_seconds == pytest.approx(geo_stats.time, rel=1e-9)
+    assert geo_seconds is not None
+    assert geo_seconds >= 0.05  # the timed-out call alone took its timeout
+    assert value(samples, "loopthread_enricher_failures_total", **geo, reason="error") == 2
+    assert value(samples, "loopthread_enricher_failures_total", **geo, reason="timeout") == 1
+    assert value(samples, "loopthread_enricher_skipped_total", **geo) == 2
     assert value(samples, "loopthread_enricher_circuit_state", **geo, state="open") == 1
     assert value(samples, "loopthread_enricher_circuit_state", **geo, state="closed") == 0
     assert value(samples, "loopthread_enricher_circuit_state", **geo, state="half_open") == 0
-    user = {"loop": "m", "chain": "audit", "enricher": "user"}
-    assert value(samples, "loopthread_enricher_circuit_state", **user, state="closed") == 1
-    assert value(samples, "loopthread_chain_degraded_events_total", loop="m", chain="audit") == 3
+
+    usr = {"loop": "m", "chain": "audit", "enricher": "user"}
+    assert value(samples, "loopthread_enricher_duration_seconds_count", **usr) == 5
+    user_seconds = value(samples, "loopthread_enricher_duration_seconds_sum", **usr)
+    assert user_seconds == pytest.approx(user_stats.time, rel=1e-9)
+    assert value(samples, "loopthread_enricher_failures_total", **usr, reason="error") == 0
+    assert value(samples, "loopthread_enricher_failures_total", **usr, reason="timeout") == 0
+    assert value(samples, "loopthread_enricher_skipped_total", **usr) == 0
+    assert value(samples, "loopthread_enricher_circuit_state", **usr, state="closed") == 1
+    assert value(samples, "loopthread_enricher_circuit_state", **usr, state="open") == 0
+    assert value(samples, "loopthread_enricher_circuit_state", **usr, state="half_open") == 0
+    assert value(samples, "loopthread_chain_degraded_events_total", loop="m", chain="audit") == 1
+
+    now[0] = 30.0  # the cool-down passed: the next call would be a trial
+    later = scrape(server)
+    assert value(later, "loopthread_enricher_circuit_state", **geo, state="half_open") == 1
+    assert value(later, "loopthread_enricher_circuit_state", **geo, state="open") == 0
 
 
 def test_channel_counters_survive_their_loop(registry: CollectorRegistry) -> None:
-    """A stopped loop's channel counters are folded in, like its own."""
+    """A stopped loop's channel counters are folded in, like its own: for a channel closed
+    while the loop ran and for one drained by stop(); their gauges go away."""
     lt = LoopThread("c", metrics_registry=registry, lag_interval=None).start()
-    channel = Fake(FakeChannelStats("q", 4, 4, 0, 0, 0, 2))
-    lt._channels.add(channel)
-    lt.stop()
+    handled: list[int] = []
+    closed_early = lt.channel(handled.extend, name="q")
+    drained_by_stop = lt.channel(handled.extend, name="r")
+    for i in range(4):
+        assert closed_early.put(i)
+    closed_early.close(timeout=5)
+    for i in range(3):
+        assert drained_by_stop.put(i)
+    running = local(registry)
+    assert value(running, "loopthread_channel_handled_total", loop="c", channel="q") == 4
+    assert value(running, "loopthread_channel_depth", loop="c", channel="q") is None
+    report = lt.stop()
+    assert report.items_unhandled == 0
     samples = local(registry)
-    assert value(samples, "loopthread_channel_handled_total", loop="c", channel="q") == 4
-    assert value(samples, "loopthread_channel_depth", loop="c", channel="q") is None
+    for name, count in (("q", 4), ("r", 3)):
+        assert value(samples, "loopthread_channel_put_total", loop="c", channel=name) == count
+        assert value(samples, "loopthread_channel_handled_total", loop="c", channel=name) == count
+        assert value(samples, "loopthread_channel_failed_total", loop="c", channel=name) == 0
+        assert value(samples, "loopthread_channel_depth", loop="c", channel=name) is None
+        assert value(samples, "loopthread_channel_high_water", loop="c", channel=name) is None
+    assert len(handled) == 7
+
+
+class BrokenStats(ComponentBase):
+    """A component whose stats() raises."""
+
+    name = "broken"
+
+    def stats(self) -> object:
+        raise RuntimeError("stats exploded")
 
 
 def test_a_broken_stats_does_not_break_the_scrape(
     mlt: LoopThread, server: metrics.MetricsServer
 ) -> None:
-    """A stats() that raises is logged; the scrape still answers."""
-    broken = Fake(RuntimeError("stats exploded"))
-    mlt._channels.add(broken)
-    with structlog.testing.capture_logs() as logs:
-        samples = scrape(server)
-    assert ("loopthread_calls_total", frozenset({("loop", "m"), ("outcome", "ok")})) in samples
-    assert any(e["event"] == "loop_thread.metrics_failed" for e in logs)
+    """A stats() that raises (a component attached with lt.components.attach) is logged; the
+    scrape still answers with the loop's own families."""
+    broken = mlt.components.attach(BrokenStats())
+    try:
+        mlt.run(ok())
+        with structlog.testing.capture_logs() as logs:
+            samples = scrape(server)
+    finally:
+        mlt.components.detach(broken)
+    assert value(samples, "loopthread_calls_total", loop="m", outcome="ok") == 1
+    assert value(samples, "loopthread_loops_created_total", loop="m") == 1
+    [failure] = [e for e in logs if e["event"] == "loop_thread.metrics_failed"]
+    assert failure["loop_thread"] == "m"
+    assert "stats exploded" in failure["error"]
+
+
+@dataclass(frozen=True)
+class Bare:
+    name: str
+
+
+class OtherStats(ComponentBase):
+    """A component whose stats() is neither ChannelStats nor ChainStats."""
+
+    def __init__(self, name: str, stats: object) -> None:
+        self.name = name
+        self.snapshot = stats
+
+    def stats(self) -> object:
+        return self.snapshot
 
 
 def test_objects_without_stats_fields_are_skipped(
     mlt: LoopThread, registry: CollectorRegistry
 ) -> None:
-    """The collector reads fields defensively: unknown shapes yield nothing, not an error."""
-
-    @dataclass(frozen=True)
-    class Bare:
-        name: str
-
-    mlt._channels.add(Fake(Bare("bare")))
-    mlt._chains.add(Fake(Bare("bare-chain")))
-    samples = local(registry)
-    assert not any(dict(labels).get("channel") == "bare" for _, labels in samples)
+    """Components whose stats() is of another shape (a dataclass with a name only, a number,
+    None) yield no family, and no error."""
+    others = [
+        mlt.components.attach(OtherStats("bare", Bare("bare"))),
+        mlt.components.attach(OtherStats("bare-chain", Bare("bare-chain"))),
+        mlt.components.attach(OtherStats("count", 3)),
+        mlt.components.attach(OtherStats("nothing", None)),
+    ]
+    try:
+        with structlog.testing.capture_logs() as logs:
+            samples = local(registry)
+    finally:
+        for other in others:
+            mlt.components.detach(other)
+    assert not any(dict(labels).keys() & {"channel", "chain"} for _, labels in samples)
+    assert value(samples, "loopthread_calls_total", loop="m", outcome="ok") == 0
+    assert not [e for e in logs if e["event"] == "loop_thread.metrics_failed"]
 
 
 # ---------------------------------------------------------------------- serve()

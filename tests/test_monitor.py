@@ -14,7 +14,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loopthread import LoopThread
+from loopthread import LoopThread, testing
 from loopthread._monitor import LAG_BUCKETS, Buckets, LoopMonitor, check_interval
 
 
@@ -22,7 +22,7 @@ class StallLog:
     """The ``loop_thread.stalled`` events of one LoopThread, and an Event set at the first one."""
 
     def __init__(self, entries: list[MutableMapping[str, Any]], name: str) -> None:
-        self._entries = entries
+        self.entries = entries
         self.name = name
         self.logged = threading.Event()
 
@@ -39,7 +39,7 @@ class StallLog:
     def stalls(self) -> list[MutableMapping[str, Any]]:
         return [
             e
-            for e in list(self._entries)
+            for e in list(self.entries)
             if e.get("event") == "loop_thread.stalled" and e.get("loop_thread") == self.name
         ]
 
@@ -50,7 +50,7 @@ def fixture_stall_log() -> Iterator[StallLog]:
     entries: list[MutableMapping[str, Any]] = []
     log = StallLog(entries, "stally")
     with structlog.testing.capture_logs(processors=[log.processor]) as captured:
-        log._entries = captured
+        log.entries = captured
         yield log
 
 
@@ -76,9 +76,14 @@ async def noop() -> None:
 
 
 def monitor_of(lt: LoopThread) -> LoopMonitor:
-    monitor = lt._monitor
+    monitor = testing.monitor(lt)
     assert monitor is not None
     return monitor
+
+
+def monitor_threads(name: str = "stally") -> list[threading.Thread]:
+    """The live monitor threads of the LoopThread called ``name``."""
+    return [t for t in threading.enumerate() if t.name == f"{name}-monitor"]
 
 
 def test_a_blocking_call_is_reported_once_with_its_stack(stall_log: StallLog) -> None:
@@ -121,25 +126,16 @@ def test_many_short_iterations_are_not_a_stall(stall_log: StallLog) -> None:
 def test_the_same_blocker_twice_logs_once_and_counts_twice(stall_log: StallLog) -> None:
     """Repeated stalls at one place are rate-limited in the log; the counter sees all of them."""
     lt = make_loop(slow_callback=0.1)
-    monitor = monitor_of(lt)
-    decided = threading.Semaphore(0)
-    limiter = monitor._limiter
-
-    class CountingLimiter:
-        def allow(self, key: object) -> int | None:
-            try:
-                return limiter.allow(key)
-            finally:
-                decided.release()
-
-    monitor._limiter = CountingLimiter()  # type: ignore[assignment]
     try:
-        for _ in range(2):
-            lt.run(blocking_coroutine())
-            assert decided.acquire(timeout=5.0)
-        assert monitor.stats().stalls == 2
+        monitor = monitor_of(lt)
+        lt.run(blocking_coroutine())
+        assert stall_log.logged.wait(5.0)  # the first stall was counted and logged
+        lt.run(blocking_coroutine())
     finally:
         lt.stop()
+    # stop() ended the monitor thread: every stall it saw is counted, every log line written.
+    assert monitor_threads() == []
+    assert monitor.stats().stalls == 2
     assert len(stall_log.stalls) == 1
 
 
@@ -147,9 +143,10 @@ def test_watchdog_off_reports_nothing(stall_log: StallLog) -> None:
     """slow_callback=None: no watchdog thread, no warning."""
     lt = make_loop(slow_callback=None, lag_interval=None)
     try:
-        assert lt._monitor is None
-        assert not any(t.name == "stally-monitor" for t in threading.enumerate())
+        assert testing.monitor(lt) is None
+        assert monitor_threads() == []
         lt.run(blocking_coroutine())
+        assert lt.stats().loop_stalls == 0
     finally:
         lt.stop()
     assert stall_log.stalls == []
@@ -167,13 +164,16 @@ def test_lag_probe_records_a_blocked_loop() -> None:
         lt.run(noop())
     finally:
         lt.stop()
-    stats = monitor.stats()  # after stop(): no probe runs between this and the snapshot below
+    # After stop(): no probe runs between these snapshots.
+    stats = monitor.stats()
+    loop_stats = lt.stats()
     assert stats.probes >= 1
     assert stats.lag_max >= 0.1
-    assert monitor.lag is not None
-    counts, total = monitor.lag.snapshot()
-    assert sum(counts) == stats.probes
-    assert total >= 0.1
+    assert loop_stats.loop_lag_max == stats.lag_max
+    lag = loop_stats.loop_lag
+    assert lag is not None
+    assert lag.count == stats.probes
+    assert lag.sum >= 0.1
 
 
 def voluntary_switches(thread: threading.Thread) -> int:
@@ -239,13 +239,15 @@ def test_uvloop_without_lag_probes_has_no_watchdog() -> None:
 def test_stop_unwraps_the_selector_and_ends_the_monitor_thread() -> None:
     """After stop() the loop's selector is its own again and the monitor thread is gone."""
     lt = make_loop()
+    # asyncio's selector (not loopthread's): the object the watchdog wraps.
     selector = lt.loop._selector  # type: ignore[attr-defined]
     assert "select" in vars(selector)
-    thread = monitor_of(lt)._thread
-    assert thread is not None
+    assert monitor_of(lt).stats().watchdog == "select"
+    [thread] = monitor_threads()
     lt.stop()
     assert "select" not in vars(selector)
     assert not thread.is_alive()
+    assert monitor_threads() == []
 
 
 @pytest.mark.parametrize(

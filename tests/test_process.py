@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 import loopthread
-from loopthread import LoopNotRunningError, _process
+from loopthread import LoopNotRunningError, testing
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 # Forking a multi-threaded process is exactly the scenario under test (3.12+ warns about it).
@@ -83,11 +83,10 @@ def test_default_replaced_after_death() -> None:
 
 def test_default_concurrent_first_use_creates_one() -> None:
     """Many threads asking for the default at once while none exists get the same one."""
-    current = _process._default
-    if current is not None:
-        current.stop()
+    testing.reset_default()
+    assert testing.current_default() is None
     barrier = threading.Barrier(8)
-    seen: list[object] = []
+    seen: list[loopthread.LoopThread] = []
 
     def ask() -> None:
         barrier.wait()
@@ -100,6 +99,8 @@ def test_default_concurrent_first_use_creates_one() -> None:
         t.join(10)
     assert len(seen) == 8
     assert len({id(s) for s in seen}) == 1
+    assert seen[0] is testing.current_default()
+    assert seen[0].running
 
 
 @needs_fork
@@ -131,13 +132,14 @@ def test_forked_child_forks_again() -> None:
 
 @needs_fork
 def test_fork_while_another_thread_holds_the_default_lock() -> None:
-    """The child must not inherit a held lock: the at-fork reset replaces the real one."""
+    """The child must not inherit a held lock: a thread holding the locks that creating the
+    default loop takes, while another thread forks, leaves the child able to create its own."""
     loopthread.default()
     held = threading.Event()
     release = threading.Event()
 
     def hold() -> None:
-        with _process._lock:
+        with testing.holding_default_locks():
             held.set()
             release.wait(10)
 
@@ -149,6 +151,7 @@ def test_fork_while_another_thread_holds_the_default_lock() -> None:
     finally:
         release.set()
         holder.join(5)
+    assert not holder.is_alive()
     assert result == "7"
 
 
@@ -172,10 +175,27 @@ def test_parent_loopthread_in_child_raises_not_hangs() -> None:
 # ---------------------------------------------------------------- exit, in subprocesses
 
 
-def run_script(source: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run ``source`` in a fresh interpreter; a hang past ``timeout`` fails the test."""
+# loopthread logs through the stdlib logger "loopthread", silent by default (README, Logs):
+# a child script that needs to show its lifecycle events starts with this.
+SHOW_LOOPTHREAD_LOGS = """\
+import logging as _logging, sys as _sys
+_logging.getLogger("loopthread").setLevel(_logging.DEBUG)
+_logging.getLogger("loopthread").addHandler(_logging.StreamHandler(_sys.stdout))
+"""
+
+
+def run_script(
+    source: str, timeout: float = 30.0, *, show_logs: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` in a fresh interpreter; a hang past ``timeout`` fails the test.
+
+    ``show_logs``: loopthread's log events are written to the child's stdout.
+    """
+    script = textwrap.dedent(source)
+    if show_logs:
+        script = SHOW_LOOPTHREAD_LOGS + script
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(source)],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -184,7 +204,8 @@ def run_script(source: str, timeout: float = 30.0) -> subprocess.CompletedProces
 
 
 def test_exit_stops_default_loop_and_finishes_work() -> None:
-    """A program that submits work and simply returns: the work finishes before exit."""
+    """A program that submits work and simply returns: the work finishes before exit, and the
+    exit hook's stop reports it completed, nothing cancelled."""
     proc = run_script(
         """
         import asyncio, loopthread
@@ -193,11 +214,15 @@ def test_exit_stops_default_loop_and_finishes_work() -> None:
             print("work finished", flush=True)
         loopthread.default().submit(slow())
         print("main returns", flush=True)
-        """
+        """,
+        show_logs=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.index("main returns") < proc.stdout.index("work finished")
-    assert "loop_thread.stopped" in proc.stdout
+    out = proc.stdout
+    assert out.index("main returns") < out.index("work finished")
+    assert out.index("work finished") < out.index("loop_thread.stopped")
+    [stopped] = [line for line in out.splitlines() if line.startswith("loop_thread.stopped")]
+    assert "finished=True, completed=1, cancelled=0, abandoned=0" in stopped
 
 
 def test_exit_is_bounded_with_hanging_work() -> None:
@@ -206,6 +231,8 @@ def test_exit_is_bounded_with_hanging_work() -> None:
     proc = run_script(
         """
         import asyncio, loopthread
+        # The exit deadline is the module constant loopthread._process.EXIT_TIMEOUT (README,
+        # Exit); set here, in the child only, so the test needs 1 s instead of 5.
         from loopthread import _process
         _process.EXIT_TIMEOUT = 1.0
         async def forever():
@@ -214,21 +241,28 @@ def test_exit_is_bounded_with_hanging_work() -> None:
             finally:
                 print("cleanup ran", flush=True)
         loopthread.default().submit(forever())
-        """
+        """,
+        show_logs=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "cleanup ran" in proc.stdout
+    out = proc.stdout
+    assert out.index("cleanup ran") < out.index("loop_thread.stopped")
+    [stopped] = [line for line in out.splitlines() if line.startswith("loop_thread.stopped")]
+    assert "finished=True, completed=0, cancelled=1, abandoned=0" in stopped
+    assert "deadline_hit=True" in stopped
     assert time.monotonic() - started < 15
 
 
 def test_exit_with_unhandled_exception_in_main() -> None:
-    """An exception ending main does not hang exit (anyio's portal does, per PITFALLS)."""
+    """An exception ending main does not hang exit (anyio's portal does, per PITFALLS): the
+    traceback is printed, the exit code is 1, and the default loop is still stopped."""
     proc = run_script(
         """
         import loopthread, asyncio
         loopthread.run(asyncio.sleep(0))
         raise ValueError("main failed")
-        """
+        """,
+        show_logs=True,
     )
     assert proc.returncode == 1
     assert "ValueError: main failed" in proc.stderr

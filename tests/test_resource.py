@@ -12,7 +12,14 @@ import pytest
 import structlog
 
 import loopthread
-from loopthread import EnricherChain, LoopNotRunningError, LoopThread, LoopThreadError, Resource
+from loopthread import (
+    EnricherChain,
+    LoopNotRunningError,
+    LoopThread,
+    LoopThreadError,
+    Resource,
+    testing,
+)
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
 
@@ -260,23 +267,30 @@ def test_resources_close_after_enricher_shutdown(lt: LoopThread) -> None:
 
 
 def test_get_after_stop_is_refused() -> None:
-    """Once its LoopThread stopped, a resource no longer hands out values."""
-    lt = LoopThread("resource-stopped").start()
-    res = lt.resource(Factory("db"))
+    """Once its LoopThread stopped and closed its resources, a resource no longer hands out
+    values: get() raises LoopNotRunningError (and creates nothing new)."""
+    lt = LoopThread("resource-stopped", metrics_registry=None).start()
     gets: list[Any] = []
 
     async def late_hook(deadline: float) -> None:
-        # Runs after the resource closer: close hooks run from the end of the list backwards.
         try:
             gets.append(await res.get())
         except LoopNotRunningError as exc:
             gets.append(exc)
 
-    lt._stop_hooks.insert(0, ("close", late_hook))
-    lt.run(res.get())
+    # Components of one stop phase stop newest first: this hook, added before the resource
+    # closer exists (it is created by the first lt.resource()), runs after it closed.
+    testing.add_stop_hook(lt, late_hook, phase="close_last")
+    factory = Factory("db")
+    res = lt.resource(factory)
+    pool = lt.run(res.get())
     lt.stop()
     assert len(gets) == 1
     assert isinstance(gets[0], LoopNotRunningError)
+    assert "stopped" in str(gets[0])
+    assert factory.calls == 1  # no second value was created for the late get()
+    assert factory.closed == [pool.name]
+    assert not res.created
 
 
 def test_declaring_needs_no_running_loop_and_checks_arguments() -> None:
@@ -311,7 +325,9 @@ def test_resource_is_exported() -> None:
 
 
 def test_resource_closed_even_when_stop_deadline_is_spent() -> None:
-    """stop(timeout=0) and a hung enricher shutdown still leave each resource a close attempt."""
+    """stop(timeout=0) and a hung enricher shutdown still leave each resource a close attempt:
+    the resource is closed, the hung shutdown is cut off (and logged), nothing is cancelled
+    or abandoned, and only the hung shutdown makes the report say the deadline was hit."""
 
     closed: list[str] = []
 
@@ -339,7 +355,13 @@ def test_resource_closed_even_when_stop_deadline_is_spent() -> None:
         lt.run(res.get())
         if enrichers:
             loopthread.EnricherChain(enrichers, loop_thread=lt).enrich_sync({})
-        report = lt.stop(timeout=timeout)
+        with structlog.testing.capture_logs() as logs:
+            report = lt.stop(timeout=timeout)
         assert report.finished
         assert closed == ["pool"]
-        assert report.cancelled >= 0
+        assert (report.cancelled, report.abandoned, report.items_unhandled) == (0, 0, 0)
+        assert not res.created
+        cut_off = [e["enricher"] for e in logs if e["event"] == "enricher.shutdown_failed"]
+        assert cut_off == (["stuck"] if enrichers else [])
+        if not enrichers:
+            assert not report.deadline_hit  # nothing was running: nothing had to be cut

@@ -18,7 +18,9 @@ def test_sigterm_exits_in_order_and_runs_pending_work() -> None:
     was submitted finishes at exit, and the exit code says "terminated by SIGTERM"."""
     source = textwrap.dedent(
         """
-        import asyncio, os, signal, loopthread
+        import asyncio, logging, os, signal, sys, loopthread
+        logging.getLogger("loopthread").setLevel(logging.INFO)  # shows signal_received
+        logging.getLogger("loopthread").addHandler(logging.StreamHandler(sys.stdout))
         loopthread.install_signal_handlers()
         async def background():
             await asyncio.sleep(0.2)

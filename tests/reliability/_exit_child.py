@@ -30,6 +30,11 @@ from typing import Any
 import loopthread
 from loopthread.logging import LoopHandler
 
+# loopthread's own events (loop_thread.stopped with its report) on stdout, as a user shows them.
+_events = logging.getLogger("loopthread")
+_events.setLevel(logging.DEBUG)
+_events.addHandler(logging.StreamHandler(sys.stdout))
+
 mode, outdir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 accepted_fd = os.open(os.path.join(outdir, "accepted"), flags)

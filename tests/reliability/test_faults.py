@@ -29,6 +29,7 @@ from loopthread import (
     EventBus,
     LoopNotRunningError,
     LoopThread,
+    testing,
 )
 from loopthread.logging import LoopHandler
 from tests.reliability._support import ANSWER_BOUND, SLACK, all_answers, record, scaled
@@ -500,7 +501,7 @@ def test_stop_with_a_thousand_calls_in_flight(quiet_logs: list[Any]) -> None:
             gate.set()
         return 0
 
-    lt._add_stop_hook("drain", release_on_stop)
+    testing.add_stop_hook(lt, release_on_stop)
     handled: list[int] = []
 
     async def slow_handler(batch: list[int]) -> None:
@@ -675,7 +676,7 @@ def test_ctrl_c_in_a_waiting_caller(quiet_logs: list[Any], wait: str) -> None:
                 ch.flush(ANSWER_BOUND)
         elif wait == "bus_flush":
             bus.reporter().report("e")
-            channel = bus._channel
+            channel = bus._binding.value
             assert channel is not None
             bus_registered = channel._register
 
@@ -697,7 +698,7 @@ def test_ctrl_c_in_a_waiting_caller(quiet_logs: list[Any], wait: str) -> None:
                     cleaned.set()
                 return 0
 
-            lt._add_stop_hook("drain", hold_stop)
+            testing.add_stop_hook(lt, hold_stop)
             with pytest.raises(KeyboardInterrupt):
                 lt.stop(ANSWER_BOUND)
     assert ctrl_c.fired >= 1

@@ -304,7 +304,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert report is not None
         self._check_answers()
         self.pool.shutdown(wait=True)  # every put has its answer now
-        if self.lt.thread.ident is not None:  # started once
+        if self.lt.loop_started:  # the thread exists only once start() was called
             self.lt.thread.join(ANSWER_BOUND)
         self._check_channels()
         record(

@@ -1,0 +1,12 @@
+"""Channels: synchronous producers push items, one consumer task on the loop handles them.
+
+The parts, each in its own module: the API (:mod:`._api`: ``put``, ``close``, the component
+hooks), the consumer task (:mod:`._consumer`), the accounting and ``flush`` (:mod:`._accounting`),
+the wake-up protocol (:mod:`._wake`), and the shared state (:mod:`._base`).
+"""
+
+from loopthread._channel._api import Channel
+from loopthread._channel._base import OVERFLOW_POLICIES, Overflow
+from loopthread._stats import ChannelStats
+
+__all__ = ["OVERFLOW_POLICIES", "Channel", "ChannelStats", "Overflow"]

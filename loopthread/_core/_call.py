@@ -1,0 +1,174 @@
+"""The one primitive every crossing from a caller's thread into the loop goes through.
+
+A :class:`Call` carries the coroutine, the caller's ``contextvars`` context and its own way of
+waking the caller: a bare lock for the blocking facade (cheaper than an Event, a Future or a
+Condition), a ``concurrent.futures.Future`` for ``submit``. The loop stores the outcome in the
+call and wakes the caller directly: no done-callbacks, no extra loop iteration.
+
+The caller takes the outcome out with :meth:`Call.unwrap`, which drops the call's references
+to it first, as trio's ``outcome.unwrap()`` does: a failed call frees its exception, frames
+and LoopThread as soon as the caller drops the exception, not at the next cyclic GC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future, InvalidStateError
+from types import CoroutineType
+from typing import Any, Literal, TypeVar
+
+from loopthread._util import lock_timeout
+
+__all__ = ["BlockingCall", "Call", "CancelReason", "FutureCall", "close_if_unstarted"]
+
+T = TypeVar("T")
+
+CancelReason = Literal["timeout", "interrupted", "cancelled", "stop"]
+
+
+class Call:
+    """One hand-off from a caller's thread to the loop, and its outcome."""
+
+    __slots__ = ("cancel_reason", "context", "coro", "done", "error", "inner", "result", "task")
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context,
+        inner: list[Coroutine[Any, Any, Any]] | None = None,
+    ) -> None:
+        self.coro = coro
+        self.context = context
+        # Coroutines that ``coro`` would have awaited (lt.gather): closed with it if it never ran.
+        self.inner = inner
+        self.task: asyncio.Task[None] | None = None
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.cancel_reason: CancelReason | None = None
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        """Store the outcome and wake the caller; the first outcome wins."""
+        # A call failed by a dying loop may still be finished later by its own task.
+        if self.done:
+            return
+        self.done = True
+        self.result = result
+        self.error = error
+        self._wake()
+
+    def close_unstarted(self) -> None:
+        """Close the coroutine (and the inner ones) if it never ran: no "never awaited"."""
+        if close_if_unstarted(self.coro) and self.inner:
+            for inner in self.inner:
+                close_if_unstarted(inner)
+
+    def unwrap(self) -> Any:
+        """Return the result or raise the error, dropping the call's references to both."""
+        error, result = self.error, self.result
+        self.error = self.result = None
+        self.coro = None  # type: ignore[assignment]
+        self.inner = None
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error
+        return result
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+
+class BlockingCall(Call):
+    """A call whose caller blocks on a bare lock."""
+
+    __slots__ = ("lock",)
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context,
+        inner: list[Coroutine[Any, Any, Any]] | None = None,
+    ) -> None:
+        super().__init__(coro, context, inner)
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+    def _wake(self) -> None:
+        self.lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until the outcome is in or ``timeout`` (None: no limit) expired."""
+        return self.lock.acquire(True, lock_timeout(timeout))
+
+
+class FutureCall(Call):
+    """A call whose outcome goes into a ``concurrent.futures.Future`` (``submit``)."""
+
+    __slots__ = ("future",)
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], context: contextvars.Context, future: Future[Any]
+    ) -> None:
+        super().__init__(coro, context)
+        self.future = future
+
+    def _wake(self) -> None:
+        # The future stays PENDING while the coroutine runs, so the user can still cancel() it;
+        # if they did, setting the outcome is refused, and that is fine.
+        error, self.error = self.error, None
+        result, self.result = self.result, None
+        try:
+            if error is None:
+                self.future.set_result(result)
+            else:
+                self.future.set_exception(error)
+        except InvalidStateError:
+            pass
+        finally:
+            del error
+
+
+def close_if_unstarted(coro: Coroutine[Any, Any, Any] | None) -> bool:
+    """Close a coroutine that never ran, so it does not warn "never awaited"; True if closed.
+
+    This may run on another thread than the loop's (stop() giving up on a blocked loop); a
+    coroutine the loop thread is executing right then refuses, and is left to its task.
+    """
+    if coro is not None and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+        try:
+            coro.close()
+        except (ValueError, RuntimeError):
+            return False
+        return True
+    return False
+
+
+async def invoke(
+    fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    """Call ``fn(*args, **kwargs)`` on the loop and await its result (``lt.call``)."""
+    awaitable = fn(*args, **kwargs)
+    if not is_awaitable(awaitable):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(
+            f"lt.call() expects an async function; {name}(...) returned "
+            f"{type(awaitable).__name__}, not an awaitable. Call a plain function directly, "
+            "or run it in the executor: await loop.run_in_executor(None, fn)."
+        )
+    return await awaitable
+
+
+def is_awaitable(value: object) -> bool:
+    """True for a coroutine or any object with ``__await__``."""
+    return type(value) is CoroutineType or hasattr(value, "__await__")
+
+
+async def gather(coros: list[Coroutine[Any, Any, Any]], return_exceptions: bool) -> list[Any]:
+    """``asyncio.gather`` as one coroutine (``lt.gather``)."""
+    return list(await asyncio.gather(*coros, return_exceptions=return_exceptions))

@@ -1,0 +1,85 @@
+"""Small helpers shared by every module: deadlines, waits that never overflow, histograms.
+
+Nothing here knows a LoopThread; the core and every component import from here.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Buckets", "HistogramSnapshot", "remaining", "wait_arg"]
+
+INF = float("inf")
+
+
+def remaining(deadline: float) -> float:
+    """Seconds left until ``deadline`` (a ``time.monotonic()`` value), never negative."""
+    return max(0.0, deadline - time.monotonic())
+
+
+def wait_arg(seconds: float | None) -> float | None:
+    """``seconds`` as a timeout that ``Lock.acquire``/``Event.wait``/``join`` accept.
+
+    ``None`` and infinity both mean "no limit" (None); anything above
+    ``threading.TIMEOUT_MAX`` would raise ``OverflowError`` there, so it is capped.
+    """
+    if seconds is None or math.isinf(seconds):
+        return None
+    return min(max(0.0, seconds), threading.TIMEOUT_MAX)
+
+
+def lock_timeout(seconds: float | None) -> float:
+    """Like :func:`wait_arg`, for ``Lock.acquire(True, timeout)``, where -1 means no limit."""
+    value = wait_arg(seconds)
+    return -1 if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """Per-bucket counts (not cumulative; the last one is +Inf) and the sum of a histogram."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+
+    @property
+    def count(self) -> int:
+        """How many observations in all."""
+        return sum(self.counts)
+
+
+class Buckets:
+    """Histogram bucket counts written by one thread (the loop thread) and read by any.
+
+    Cheaper than ``prometheus_client.Histogram``, which takes a lock per observation: with a
+    single writer there is nothing to lock. A reader copies ``counts`` (one atomic C call)
+    and derives the total count from that copy, so buckets and count always agree; only
+    ``sum`` may be one observation ahead or behind.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation (loop thread only)."""
+        # bisect_left: a value equal to a bound belongs to that bucket (Prometheus' le).
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def snapshot(self) -> tuple[list[int], float]:
+        """Return (per-bucket counts, sum); the counts are not cumulative."""
+        return list(self.counts), self.sum
+
+    def frozen(self) -> HistogramSnapshot:
+        """A :class:`HistogramSnapshot` of the counts now."""
+        counts, total = self.snapshot()
+        return HistogramSnapshot(self.bounds, tuple(counts), total)
