@@ -165,11 +165,19 @@ def _stop_all_at_exit() -> None:
             pass
     deadline = time.monotonic() + EXIT_TIMEOUT
     live = list(reversed(members()))
-    # Ask every loop to stop first, then wait: one deadline for all of them together.
+    # Ask every loop to stop first, then wait: one deadline for all of them together. A
+    # signal's exception landing here (before the exit callbacks shielded the drain) must not
+    # skip the other loops: each wait is bounded by the shared deadline anyway.
     for member in live:
-        member.begin_exit(deadline)
+        try:
+            member.begin_exit(deadline)
+        except BaseException:  # noqa: BLE001 - the drain of the others goes on
+            pass
     for member in live:
-        member.finish_exit(deadline)
+        try:
+            member.finish_exit(deadline)
+        except BaseException:  # noqa: BLE001 - the drain of the others goes on
+            pass
 
 
 def _after_fork_in_child() -> None:

@@ -50,6 +50,7 @@ def install_signal_handlers(
     try:
         for sig in wanted:
             previous[sig] = signal.signal(sig, _exit_in_order)
+            _installed.add(sig)
     except BaseException:
         # All or nothing: put back what was installed before the failure.
         for sig, handler in previous.items():
@@ -86,6 +87,8 @@ def _check_signals(signals: Iterable[signal.Signals]) -> list[signal.Signals]:
     return checked
 
 
+# The signals install_signal_handlers() took over.
+_installed: set[signal.Signals] = set()
 # The signals received, in order, written by the handler (a list append takes no lock that
 # other threads may hold) and logged by the exit hook, outside the signal handler.
 _received: list[int] = []
@@ -99,6 +102,26 @@ def _exit_in_order(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def _record_only(signum: int, frame: FrameType | None) -> None:
+    # Installed for the exit drain: a second Ctrl-C or another SIGTERM must not tear down the
+    # drain (which is bounded by its own deadline); it is noted and logged.
+    del frame
+    _received.append(signum)
+
+
+def _shield_exit_drain() -> None:
+    """At exit, before the loops drain: SIGINT and our SIGTERM handler only record."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM, *_installed):
+        try:
+            handler = signal.getsignal(sig)
+            if handler is signal.default_int_handler or handler is _exit_in_order:
+                signal.signal(sig, _record_only)
+        except (ValueError, OSError):  # pragma: no cover - not a signal here
+            pass
+
+
 def _log_received() -> None:
     for signum in list(_received):
         logger.info(
@@ -109,4 +132,5 @@ def _log_received() -> None:
     _received.clear()
 
 
+_process.on_exit(_shield_exit_drain)
 _process.on_exit(_log_received)

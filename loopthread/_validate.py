@@ -6,11 +6,15 @@ A coroutine that is refused is closed here, so the user never also sees a
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
+import threading
 from collections.abc import Awaitable, Coroutine, Iterable
 from types import CoroutineType
 from typing import Any, TypeVar
+
+from loopthread._exceptions import LoopThreadError
 
 T = TypeVar("T")
 
@@ -33,16 +37,30 @@ def _callable_name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "fn"
 
 
-def as_coroutine(awaitable: Awaitable[T], api: str) -> Coroutine[Any, Any, T]:
+def as_coroutine(
+    awaitable: Awaitable[T], api: str, loop: asyncio.AbstractEventLoop | None = None
+) -> Coroutine[Any, Any, T]:
     """Return ``awaitable`` as a coroutine, or raise ``TypeError`` saying what to pass instead.
 
-    ``api`` is the call as the user wrote it (``"lt.run"``), used in the message.
+    ``api`` is the call as the user wrote it (``"lt.run"``), used in the message; ``loop`` the
+    loop it will run on (an asyncio Future of another loop is refused).
 
     Raises:
         TypeError: ``awaitable`` is not awaitable.
+        LoopThreadError: an asyncio Future or Task that belongs to another event loop.
     """
     if type(awaitable) is CoroutineType:  # the hot path: one type check
         return awaitable
+    if (
+        isinstance(awaitable, asyncio.Future)
+        and loop is not None
+        and awaitable.get_loop() is not loop
+    ):
+        raise LoopThreadError(
+            f"{api}() got an asyncio Future or Task of another event loop; a future belongs "
+            f"to the loop that created it. Pass the coroutine itself ({api}(fetch())), or "
+            "await the future on its own loop."
+        )
     if inspect.isawaitable(awaitable):
         return _await(awaitable)
     if callable(awaitable):
@@ -90,7 +108,8 @@ def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
             f"{name} must be >= 0 seconds or None; got {timeout!r}. "
             f"Pass {name}=None to wait without a limit."
         )
-    if math.isinf(timeout):
+    if math.isinf(timeout) or timeout > threading.TIMEOUT_MAX:
+        # Beyond what any wait accepts (~292 years): the same as no limit, not OverflowError.
         return None
     return float(timeout)
 

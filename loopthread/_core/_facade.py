@@ -58,7 +58,11 @@ class CallFacade(CoreBase):
             TimeoutError: ``timeout`` expired.
             BaseException: whatever the coroutine raised, with its traceback.
         """
-        coro = awaitable if type(awaitable) is CoroutineType else as_coroutine(awaitable, "lt.run")
+        coro = (
+            awaitable
+            if type(awaitable) is CoroutineType
+            else as_coroutine(awaitable, "lt.run", self._loop)
+        )
         if timeout is not None:
             timeout = self._checked_timeout(timeout, coro)
         call = BlockingCall(coro, contextvars.copy_context())
@@ -111,11 +115,11 @@ class CallFacade(CoreBase):
         coros: list[Coroutine[Any, Any, Any]] = []
         for index, item in enumerate(awaitables):
             try:
-                coros.append(as_coroutine(item, "lt.gather"))
-            except TypeError as exc:
+                coros.append(as_coroutine(item, "lt.gather", self._loop))
+            except (TypeError, LoopThreadError) as exc:
                 close_awaitables(awaitables)
                 close_awaitables(coros)
-                raise TypeError(f"lt.gather() argument {index}: {exc}") from None
+                raise type(exc)(f"lt.gather() argument {index}: {exc}") from None
         if not coros:
             return []
         outer = gather(coros, return_exceptions)
@@ -140,7 +144,9 @@ class CallFacade(CoreBase):
             LoopNotRunningError: the loop is not running.
         """
         coro = (
-            awaitable if type(awaitable) is CoroutineType else as_coroutine(awaitable, "lt.submit")
+            awaitable
+            if type(awaitable) is CoroutineType
+            else as_coroutine(awaitable, "lt.submit", self._loop)
         )
         future: Future[T] = Future()
         call = FutureCall(coro, contextvars.copy_context(), future)

@@ -1,0 +1,322 @@
+"""EnricherChain: the public face of a chain: its configuration, ``enrich``/``enrich_sync``,
+its stats, its binding to a loop, and its part in the LoopThread's lifecycle.
+
+Design notes (why it is built this way):
+
+* Everything a chain counts is written on the loop thread only (the one exception, the
+  ``degraded`` count, is written by callers of ``enrich_sync`` under a lock), so the hot path
+  takes no lock; ``stats()`` reads plain ints from any thread.
+* The work is done by parts with one concern each: :class:`~loopthread._enrich._eager.Runner`
+  calls the enrichers (eagerly, see its module) and records each outcome; every enricher's
+  :class:`~loopthread._enrich._breaker.CircuitBreaker` decides whether it is called;
+  :class:`~loopthread._enrich._hooks.Lifecycle` runs ``startup()`` and ``shutdown()``.
+* A chain is bound to one loop at a time: the one of the LoopThread it was given, or of
+  ``loopthread.default()``, which is replaced after fork or death; on a new loop the enrichers
+  start again and that loop's ``stop()`` shuts down what started there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from loopthread import _process
+from loopthread._core._component import ComponentBase, StopPhase
+from loopthread._default import current_default, default
+from loopthread._enrich._breaker import OPEN, CircuitBreaker
+from loopthread._enrich._eager import Runner, Suspended
+from loopthread._enrich._hooks import Lifecycle
+from loopthread._enrich._slots import Enricher, Event, log, make_slots
+from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
+from loopthread._log import RateLimiter
+from loopthread._stats import ChainStats, EnricherStats
+from loopthread._validate import check_choice, check_positive_int, check_timeout, close_awaitables
+
+if TYPE_CHECKING:
+    from loopthread._loopthread import LoopThread
+
+__all__ = ["EnricherChain"]
+
+_chain_ids = itertools.count(1)
+
+
+class EnricherChain(ComponentBase):
+    """Runs enrichers on the loop thread's loop and merges their fields into a new dict.
+
+    Args:
+        enrichers: async callables ``(event) -> Mapping | None`` (or objects with an async
+            ``__call__`` and optional ``name``, ``timeout``, ``startup()``, ``shutdown()``);
+            plain functions run in the loop thread's shared executor.
+        mode: ``"parallel"`` (all get the same input, run concurrently, fields merged in the
+            order given) or ``"sequential"`` (each sees the event enriched so far).
+        timeout: seconds each enricher may take (None: no limit); an enricher's own
+            ``timeout`` (attribute or :func:`loopthread.enricher`) overrides it.
+        loop_thread: where to run (None: ``loopthread.default()``, looked up at first use).
+        on_unavailable: what ``enrich_sync`` does when the loop is unavailable or its overall
+            timeout expires: ``"passthrough"`` returns a copy of the event (counted as
+            degraded), ``"raise"`` raises.
+        failure_threshold: consecutive failures or timeouts that open an enricher's circuit
+            (None: never open it).
+        cooldown: seconds an open circuit skips the enricher before one trial call.
+        hook_timeout: seconds each ``startup()`` and ``shutdown()`` may take.
+        clock: the circuit breaker's clock (``time.monotonic``; injectable for tests).
+        name: names the chain in stats, logs and metrics.
+
+    Raises:
+        TypeError, ValueError: an argument is of the wrong type or out of range.
+    """
+
+    def __init__(
+        self,
+        enrichers: Iterable[Enricher],
+        *,
+        mode: Literal["parallel", "sequential"] = "parallel",
+        timeout: float | None = 0.1,
+        loop_thread: LoopThread | None = None,
+        on_unavailable: Literal["passthrough", "raise"] = "passthrough",
+        failure_threshold: int | None = 5,
+        cooldown: float = 30.0,
+        hook_timeout: float | None = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        name: str | None = None,
+    ) -> None:
+        from loopthread._loopthread import LoopThread
+
+        self._mode = check_choice(mode, "mode", ("parallel", "sequential"))
+        default_timeout = check_timeout(timeout)
+        self._raise = (
+            check_choice(on_unavailable, "on_unavailable", ("passthrough", "raise")) == "raise"
+        )
+        if loop_thread is not None and not isinstance(loop_thread, LoopThread):
+            close_awaitables([enrichers])
+            raise TypeError(
+                f"loop_thread must be a LoopThread or None (the default loop); got {loop_thread!r}."
+            )
+        if failure_threshold is not None:
+            check_positive_int(failure_threshold, "failure_threshold")
+        cooldown_s = check_timeout(cooldown, "cooldown")
+        if cooldown_s is None:
+            raise ValueError(
+                "cooldown must be a finite number of seconds; to never skip a failing "
+                "enricher, pass failure_threshold=None instead."
+            )
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds; got {clock!r}.")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str or None; got {name!r}.")
+        breaker = functools.partial(CircuitBreaker, failure_threshold, cooldown_s, clock)
+        self._slots = make_slots(enrichers, default_timeout, breaker)
+        self._name = name or f"chain-{next(_chain_ids)}"
+        self._parallel = self._mode == "parallel"
+        self._loop_thread = loop_thread
+        hook_timeout = check_timeout(hook_timeout, "hook_timeout")
+        self._clock = clock
+        self._runner = Runner(self._name, self._slots)
+        self._hooks = Lifecycle(self._name, self._slots, hook_timeout)
+
+        # Bound to one loop at a time (the default loop is replaced after fork or death).
+        self._bound: LoopThread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+        self._events = 0
+        self._degraded = 0
+        self._degraded_lock = _process.fork_safe_lock()
+        self._degraded_limiter = RateLimiter()  # under _degraded_lock
+
+        if loop_thread is not None:
+            # Seen by metrics from the start; a loop that is already stopping refuses it, and
+            # enrich() on it fails over to passthrough anyway.
+            with contextlib.suppress(LoopNotRunningError):
+                loop_thread.components.attach(self)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def name(self) -> str:
+        """The chain's name (stats, logs, metrics)."""
+        return self._name
+
+    async def enrich(self, event: Event) -> dict[str, Any]:
+        """Run the enrichers on ``event`` and return a new dict with their fields merged in.
+
+        Must be awaited on the chain's loop (in a coroutine run by ``lt.run``/``lt.submit``).
+        Enricher faults never propagate: they are counted, logged, and contribute nothing.
+
+        Raises:
+            TypeError: ``event`` is not a mapping.
+            LoopThreadError: awaited on another event loop than the chain's loop thread.
+        """
+        if type(event) is not dict and not isinstance(event, Mapping):
+            raise TypeError(
+                f"enrich() takes a mapping such as a dict; got {type(event).__name__}. "
+                "Pass the event's fields as a dict: chain.enrich({'user_id': 42})."
+            )
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
+        if not self._hooks.started:
+            await self._hooks.ensure_started(loop)
+        self._events += 1
+        if self._parallel:
+            base = dict(event)
+            results = await self._runner.parallel(base, loop)
+            out = dict(base)  # enrichers timed out in the executor may still read `base`
+            for fields in results:
+                if fields:
+                    out.update(fields)
+            return out
+        current = dict(event)
+        runner = self._runner
+        for slot in self._slots:
+            started = runner.start(slot, current)
+            fields = (
+                await runner.finish(started, loop) if isinstance(started, Suspended) else started
+            )
+            if fields:
+                current = {**current, **fields}
+        return current
+
+    def enrich_sync(self, event: Event, *, timeout: float | None = None) -> dict[str, Any]:
+        """Enrich ``event`` from synchronous code: run :meth:`enrich` on the loop and wait.
+
+        The caller's contextvars are visible to every enricher. When the loop is unavailable
+        (not started, stopped, dead) or ``timeout`` expires, ``on_unavailable="passthrough"``
+        returns a copy of ``event`` (counted in ``stats().degraded``, logged rate-limited) and
+        ``"raise"`` raises. Called on the loop thread itself, where waiting would deadlock,
+        passthrough returns the copy at once; ``"raise"`` raises WouldDeadlockError.
+
+        Raises:
+            TypeError: ``event`` is not a mapping.
+            ValueError: ``timeout`` is negative.
+            LoopNotRunningError: the loop is unavailable (``on_unavailable="raise"``).
+            TimeoutError: ``timeout`` expired (``on_unavailable="raise"``).
+            WouldDeadlockError: called on the loop thread (``on_unavailable="raise"``).
+        """
+        if type(event) is not dict and not isinstance(event, Mapping):
+            raise TypeError(
+                f"enrich_sync() takes a mapping such as a dict; got {type(event).__name__}. "
+                "Pass the event's fields as a dict: chain.enrich_sync({'user_id': 42})."
+            )
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        try:
+            lt = self._loop_thread if self._loop_thread is not None else default()
+            if lt.in_loop_thread():
+                raise WouldDeadlockError(
+                    f"EnricherChain {self._name!r}: enrich_sync() was called on the loop thread "
+                    f"of LoopThread {lt.name!r}, where it would wait forever for itself. In "
+                    "async code use `await chain.enrich(event)`."
+                )
+            return lt.run(self.enrich(event), timeout=timeout)
+        except (LoopNotRunningError, TimeoutError, WouldDeadlockError) as exc:
+            if self._raise:
+                raise
+            self._degrade(exc)
+            return dict(event)
+
+    def stats(self) -> ChainStats:
+        """A snapshot of the counters (safe from any thread)."""
+        now: float | None = None
+        enrichers = []
+        for s in self._slots:
+            circuit = s.breaker.state
+            if circuit is OPEN:
+                now = self._clock() if now is None else now
+                circuit = s.breaker.state_at(now)
+            enrichers.append(
+                EnricherStats(
+                    name=s.name,
+                    calls=s.calls,
+                    ok=s.ok,
+                    failures=s.failures,
+                    timeouts=s.timeouts,
+                    skipped=s.skipped,
+                    time=s.time,
+                    circuit=circuit.value,
+                    disabled=s.disabled,
+                )
+            )
+        return ChainStats(
+            name=self._name,
+            mode=self._mode,
+            events=self._events,
+            degraded=self._degraded,
+            startup_failures=self._hooks.failures,
+            enrichers=tuple(enrichers),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<EnricherChain {self._name!r} {self._mode} enrichers={len(self._slots)} "
+            f"events={self._events} degraded={self._degraded}>"
+        )
+
+    # ------------------------------------------------------------------ binding to a loop
+
+    @property
+    def loop_thread(self) -> LoopThread | None:
+        """The LoopThread given at construction (None: the chain follows ``default()``)."""
+        return self._loop_thread
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        lt = self._loop_thread
+        if lt is None:
+            lt = current_default()
+        if lt is None or lt.state == "new" or lt.loop is not loop:
+            where = f"LoopThread {lt.name!r}" if lt is not None else "loopthread.default()"
+            raise LoopThreadError(
+                f"EnricherChain {self._name!r} runs on {where}, but enrich() was awaited on "
+                "another event loop. From sync code call chain.enrich_sync(event); from another "
+                "loop, await asyncio.wrap_future(lt.submit(chain.enrich(event)))."
+            )
+        if lt is not self._bound:
+            # A new loop (the default loop was replaced): startup runs again on it, and stop()
+            # of that loop shuts down what started there.
+            self._bound = lt
+            self._hooks.reset()
+            for slot in self._slots:
+                slot.breaker.release()  # a trial in flight on the old loop never reports
+                slot.disabled = False
+            lt.components.attach(self)
+        self._loop = loop
+
+    # ------------------------------------------------------------------ as a component
+
+    stop_phase: StopPhase = "close"
+
+    async def on_stop(self, deadline: float) -> None:
+        """The LoopThread's stop, close phase: every started enricher's ``shutdown()``.
+
+        A startup still running is cancelled first; enrichers whose ``startup()`` finished
+        (or that have none) are shut down, concurrently, each bounded by ``hook_timeout``.
+        """
+        await self._hooks.shutdown(deadline)
+
+    def on_closed(self) -> int:
+        """Nothing is queued in a chain."""
+        return 0
+
+    def after_fork_in_child(self) -> None:
+        """The enrichers were started in the parent's loop: start again in the child."""
+        self._bound = None
+        self._loop = None
+        self._hooks.reset()
+        self._degraded_lock = _process.fork_safe_lock()
+
+    def _degrade(self, exc: BaseException) -> None:
+        with self._degraded_lock:
+            self._degraded += 1
+            suppressed = self._degraded_limiter.allow("degraded")
+        if suppressed is not None:
+            log(
+                "warning",
+                "enricher_chain.degraded",
+                chain=self._name,
+                reason=repr(exc),
+                suppressed=suppressed,
+            )

@@ -1,0 +1,283 @@
+"""Running enrichers eagerly: each one's first step in the caller's task, a Task only if needed.
+
+Design notes (why it is built this way):
+
+* Enrichers start eagerly: the chain runs each one's first step itself, in the chain's task, and
+  most quick enrichers (a cache hit) finish right there, with no Task, no timer and no loop
+  iteration. Only an enricher that awaits gets its deadline armed (``asyncio.timeout_at``,
+  counted from its start). In parallel mode, at the first enricher that awaits, every enricher
+  after it gets its own Task and the chain's task carries on with that one, so their waits
+  overlap exactly as with ``asyncio.gather``. A coroutine never moves to another task once
+  started, so ``asyncio.timeout`` or anyio cancel scopes inside an enricher stay valid.
+* A call's outcome is recorded here, on the loop thread, with no lock: the slot's counters,
+  its circuit breaker (which only decides; the logging is done here, rate-limited, after the
+  state changed), and a fault never propagates to the event: it contributes nothing.
+
+:class:`Runner` holds what that needs of its chain (the name, the log rate limiter);
+:class:`Suspended`, :func:`_steps` and :func:`_resume` are the stepping itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+import types
+from collections.abc import Coroutine, Generator, Mapping
+from types import CoroutineType
+from typing import Any
+
+from loopthread._enrich._breaker import SKIP, TRIAL
+from loopthread._enrich._slots import (
+    Enricher,
+    EnricherResult,
+    Slot,
+    cancelled_from_outside,
+    log,
+)
+from loopthread._log import RateLimiter
+
+__all__ = ["Runner", "Suspended"]
+
+
+class Suspended:
+    """An enricher whose first step awaited something: the rest runs under its deadline."""
+
+    __slots__ = ("slot", "started", "steps", "trial", "yielded")
+
+    def __init__(
+        self,
+        slot: Slot,
+        steps: Generator[Any, Any, Any] | Coroutine[Any, Any, Any],
+        yielded: object,
+        trial: bool,
+        started: float,
+    ) -> None:
+        self.slot = slot
+        self.steps = steps
+        self.yielded = yielded
+        self.trial = trial
+        self.started = started
+
+
+class Runner:
+    """Calls a chain's enrichers and records each call's outcome (loop thread only)."""
+
+    __slots__ = ("_chain", "_log_limiter", "_slots")
+
+    def __init__(self, chain: str, slots: list[Slot]) -> None:
+        self._chain = chain
+        self._slots = slots
+        self._log_limiter = RateLimiter()  # loop thread only
+
+    async def parallel(
+        self, base: dict[str, Any], loop: asyncio.AbstractEventLoop
+    ) -> list[EnricherResult]:
+        """Every enricher on ``base``, concurrently; their results in the chain's order."""
+        # Start the enrichers one by one in this task; those that finish without suspending
+        # (a cache hit) need no task at all. At the first one that suspends, every enricher
+        # after it gets its own task, and this task carries on with the suspended one, so
+        # all I/O overlaps (as with gather) and no coroutine ever moves to another task.
+        slots = self._slots
+        results: list[EnricherResult] = []
+        for index, slot in enumerate(slots):
+            started = self.start(slot, base)
+            if not isinstance(started, Suspended):
+                results.append(started)
+                continue
+            tasks = [loop.create_task(self._call(s, base, loop)) for s in slots[index + 1 :]]
+            try:
+                results.append(await self.finish(started, loop))
+                for task in tasks:
+                    results.append(await task)
+            finally:
+                for task in tasks:  # only when this task was cancelled (stop, caller timeout)
+                    task.cancel()
+            break
+        return results
+
+    async def _call(
+        self, slot: Slot, event: dict[str, Any], loop: asyncio.AbstractEventLoop
+    ) -> EnricherResult:
+        started = self.start(slot, event)
+        if isinstance(started, Suspended):
+            return await self.finish(started, loop)
+        return started
+
+    def start(self, slot: Slot, event: dict[str, Any]) -> EnricherResult | Suspended:
+        """Admit ``slot`` and run its first step now, in the calling task.
+
+        Returns its fields (None when skipped or faulted), or a :class:`Suspended` when the
+        enricher awaits something: its deadline is only armed then, which keeps a timer off
+        the path of enrichers that answer at once.
+        """
+        trial = False
+        if not slot.breaker.quiet or slot.disabled:
+            admission = SKIP if slot.disabled else slot.breaker.admit()
+            if admission is SKIP:
+                slot.skipped += 1
+                return None
+            trial = admission is TRIAL
+        slot.calls += 1
+        started = time.perf_counter()
+        steps: Generator[Any, Any, Any] | Coroutine[Any, Any, Any]
+        try:
+            if slot.is_async:
+                awaitable = slot.fn(event)
+                steps = awaitable if type(awaitable) is CoroutineType else _steps(awaitable)
+            else:
+                steps = _in_executor(slot.fn, event)
+            yielded = steps.send(None)
+        except StopIteration as stop:
+            slot.time += time.perf_counter() - started
+            return self._outcome(slot, stop.value, None, trial, expired=False)
+        except BaseException as exc:  # noqa: BLE001 - enricher faults are isolated
+            slot.time += time.perf_counter() - started
+            return self._outcome(slot, None, exc, trial, expired=False)
+        return Suspended(slot, steps, yielded, trial, started)
+
+    async def finish(self, pending: Suspended, loop: asyncio.AbstractEventLoop) -> EnricherResult:
+        """Drive a suspended enricher to its end under its deadline."""
+        slot = pending.slot
+        deadline = None
+        if slot.timeout is not None:
+            deadline = asyncio.timeout_at(
+                loop.time() + slot.timeout - (time.perf_counter() - pending.started)
+            )
+        result: object = None
+        error: BaseException | None = None
+        try:
+            if deadline is None:
+                result = await _resume(pending.steps, pending.yielded)
+            else:
+                async with deadline:
+                    result = await _resume(pending.steps, pending.yielded)
+        except asyncio.CancelledError as exc:
+            if not cancelled_from_outside():
+                # The enricher raised CancelledError of its own accord (nobody cancelled this
+                # task): a fault like any other, not a reason to fail the whole event.
+                error = exc
+            else:
+                # The caller gave up (enrich_sync's timeout, stop()): not the enricher's fault.
+                if pending.trial:
+                    slot.breaker.release()
+                slot.time += time.perf_counter() - pending.started
+                raise
+        except BaseException as exc:  # noqa: BLE001 - enricher faults are isolated
+            error = exc
+        slot.time += time.perf_counter() - pending.started
+        # expired() also catches an enricher that swallowed its cancellation and returned.
+        expired = deadline is not None and deadline.expired()
+        return self._outcome(slot, result, error, pending.trial, expired=expired)
+
+    def _outcome(
+        self,
+        slot: Slot,
+        result: object,
+        error: BaseException | None,
+        trial: bool,
+        *,
+        expired: bool,
+    ) -> EnricherResult:
+        if expired:
+            self._on_fault(slot, "timeout", None, trial)
+            return None
+        if error is not None:
+            self._on_fault(slot, "error", error, trial)
+            return None
+        if result is not None and type(result) is not dict and not isinstance(result, Mapping):
+            self._on_fault(slot, "invalid", result, trial)
+            return None
+        slot.ok += 1
+        breaker = slot.breaker
+        if not breaker.quiet and breaker.record_success(trial):
+            log("info", "enricher.circuit_closed", chain=self._chain, enricher=slot.name)
+        return result
+
+    def _on_fault(self, slot: Slot, kind: str, detail: object, trial: bool) -> None:
+        if kind == "timeout":
+            slot.timeouts += 1
+        else:
+            slot.failures += 1
+        breaker = slot.breaker
+        opened = breaker.record_failure(trial)
+        suppressed = self._log_limiter.allow((slot.name, kind))
+        if suppressed is not None:
+            fields: dict[str, Any] = {"chain": self._chain, "enricher": slot.name}
+            if suppressed:
+                fields["suppressed"] = suppressed
+            if kind == "timeout":
+                log("warning", "enricher.timed_out", timeout=slot.timeout, **fields)
+            elif kind == "error":
+                assert isinstance(detail, BaseException)
+                log("warning", "enricher.failed", error=repr(detail), exc_info=detail, **fields)
+            else:
+                log(
+                    "warning",
+                    "enricher.invalid_result",
+                    result_type=type(detail).__name__,
+                    hint="an enricher returns a mapping of new fields, or None",
+                    **fields,
+                )
+        if opened:
+            log(
+                "warning",
+                "enricher.circuit_opened",
+                chain=self._chain,
+                enricher=slot.name,
+                consecutive_faults=breaker.consecutive,
+                cooldown=breaker.cooldown,
+                trial_failed=trial,
+            )
+
+
+async def _in_executor(fn: Enricher, event: dict[str, Any]) -> EnricherResult:
+    # run_in_executor does not carry contextvars over: run the function in a copy.
+    ctx = contextvars.copy_context()
+    result = await asyncio.get_running_loop().run_in_executor(None, ctx.run, fn, event)
+    if inspect.isawaitable(result):  # a plain function that returned a coroutine
+        result = await result
+    return result
+
+
+def _steps(awaitable: object) -> Generator[Any, Any, Any]:
+    """The iterator that ``await awaitable`` would drive (any awaitable, not only coroutines).
+
+    Raises:
+        TypeError: ``awaitable`` is not awaitable (an "async" enricher returned something else).
+    """
+    try:
+        return awaitable.__await__()  # type: ignore[attr-defined,no-any-return]
+    except AttributeError:
+        raise TypeError(
+            f"the enricher returned {type(awaitable).__name__}, not an awaitable; an enricher "
+            "marked async must return a coroutine (define it with async def)."
+        ) from None
+
+
+@types.coroutine
+def _resume(
+    steps: Generator[Any, Any, Any] | Coroutine[Any, Any, Any], yielded: object
+) -> Generator[Any, Any, Any]:
+    """Carry on ``await``-ing a coroutine whose first step already ran (PEP 380 delegation).
+
+    What the coroutine yields goes to the running Task unchanged, and what the Task sends or
+    throws in (results, CancelledError) goes back to the coroutine, exactly as ``await``.
+    """
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            steps.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - delivered to the coroutine, as await does
+            try:
+                yielded = steps.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = steps.send(sent)
+            except StopIteration as stop:
+                return stop.value

@@ -1,0 +1,215 @@
+"""One enricher in a chain: how it was given, how it is called, what it counted.
+
+An enricher is any callable ``(event) -> Mapping | None``: an ``async def`` function, an object
+with an async ``__call__`` (and optionally ``name``, ``timeout``, ``async startup()``,
+``async shutdown()``), or a plain function, which runs in the loop thread's shared executor.
+:func:`enricher` gives one its own name and timeout; :func:`make_slots` turns the list given to
+a chain into :class:`Slot` objects, each with its counters and its circuit breaker.
+
+Also here, because every module of the chain needs them: :func:`log`, which never lets a
+broken log setup break enrichment, and :func:`cancelled_from_outside`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeAlias
+
+from loopthread._enrich._breaker import CircuitBreaker
+from loopthread._log import logger
+from loopthread._validate import check_timeout, close_awaitables
+
+__all__ = [
+    "Configured",
+    "Enricher",
+    "EnricherResult",
+    "Event",
+    "Slot",
+    "cancelled_from_outside",
+    "enricher",
+    "log",
+    "make_slots",
+]
+
+Event: TypeAlias = Mapping[str, Any]
+EnricherResult: TypeAlias = Mapping[str, Any] | None
+Enricher: TypeAlias = Callable[[Event], Awaitable[EnricherResult] | EnricherResult]
+
+
+class Configured:
+    """What :func:`enricher` returns: the callable plus its chain-level settings."""
+
+    __slots__ = ("fn", "name", "timeout")
+
+    def __init__(self, fn: Enricher, name: str | None, timeout: float | None) -> None:
+        self.fn = fn
+        self.name = name
+        self.timeout = timeout
+
+    def __call__(self, event: Event) -> Awaitable[EnricherResult] | EnricherResult:
+        return self.fn(event)
+
+    def __repr__(self) -> str:
+        return f"enricher({self.fn!r}, name={self.name!r}, timeout={self.timeout!r})"
+
+
+def enricher(fn: Enricher, *, name: str | None = None, timeout: float | None = None) -> Enricher:
+    """Give an enricher its own name (for stats and logs) and its own timeout in a chain.
+
+    ``timeout=None`` keeps the chain's timeout; ``timeout=math.inf`` means no limit. An
+    enricher object can say the same with ``name`` and ``timeout`` attributes.
+
+    Raises:
+        TypeError: ``fn`` is not callable, ``name`` is not a str, or ``timeout`` not a number.
+        ValueError: ``timeout`` is negative.
+    """
+    if not callable(fn):
+        close_awaitables([fn])
+        raise TypeError(
+            f"loopthread.enricher() takes the enricher function itself; got {type(fn).__name__}. "
+            "Pass loopthread.enricher(lookup_user), not loopthread.enricher(lookup_user(event))."
+        )
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name must be a non-empty str or None; got {name!r}.")
+    if timeout is not None:
+        check_timeout(timeout)
+    return Configured(fn, name, timeout)
+
+
+class Slot:
+    """One enricher in a chain: how to call it, its counters and its circuit."""
+
+    __slots__ = (
+        "breaker",
+        "calls",
+        "disabled",
+        "failures",
+        "fn",
+        "is_async",
+        "name",
+        "ok",
+        "skipped",
+        "started",
+        "target",
+        "time",
+        "timeout",
+        "timeouts",
+    )
+
+    def __init__(
+        self,
+        fn: Enricher,
+        target: object,
+        name: str,
+        timeout: float | None,
+        is_async: bool,
+        *,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self.fn = fn
+        self.target = target  # the object that may have startup() / shutdown()
+        self.name = name
+        self.timeout = timeout
+        self.is_async = is_async
+        self.calls = 0
+        self.ok = 0
+        self.failures = 0
+        self.timeouts = 0
+        self.skipped = 0
+        self.time = 0.0
+        self.breaker = breaker
+        self.disabled = False
+        self.started = False  # startup() finished (or none): shutdown() is owed at stop
+
+
+def _is_async_callable(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
+    )
+
+
+def _default_name(fn: object) -> str:
+    name = getattr(fn, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def _enricher_timeout(value: object, name: str, default: float | None) -> float | None:
+    if value is None:
+        return default
+    try:
+        return check_timeout(value, f"timeout of enricher {name!r}")  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(
+            f"{exc} An enricher's `timeout` attribute is its own timeout in seconds "
+            "(math.inf: no limit); rename the attribute if it means something else."
+        ) from None
+
+
+def make_slots(
+    enrichers: object, default_timeout: float | None, breaker: Callable[[], CircuitBreaker]
+) -> list[Slot]:
+    """The slots of a chain's ``enrichers``, each with a new ``breaker()``.
+
+    Raises:
+        TypeError, ValueError: ``enrichers`` is not a list of callables, or a ``timeout``
+            attribute is not a valid timeout.
+    """
+    if isinstance(enrichers, str | bytes | Mapping) or not isinstance(enrichers, Iterable):
+        close_awaitables([enrichers])
+        raise TypeError(
+            "enrichers must be a list of enrichers (async functions or objects with an async "
+            f"__call__); got {type(enrichers).__name__}. Pass EnricherChain([lookup_user])."
+        )
+    items = list(enrichers)
+    slots: list[Slot] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if not callable(item):
+            close_awaitables(items)
+            hint = (
+                " It is a coroutine: pass the async function itself, not a call of it."
+                if inspect.iscoroutine(item)
+                else ""
+            )
+            raise TypeError(
+                f"enrichers[{index}] is not callable: got {type(item).__name__}.{hint} An "
+                "enricher is an async callable (event) -> mapping | None."
+            )
+        if isinstance(item, Configured):
+            target: object = item.fn
+            name = item.name or _default_name(target)
+            timeout = _enricher_timeout(item.timeout, name, default_timeout)
+        else:
+            target = item
+            name = _default_name(item)
+            timeout = _enricher_timeout(getattr(item, "timeout", None), name, default_timeout)
+        # Names label stats and metrics, so they must be unique in a chain.
+        count = seen.get(name, 0) + 1
+        seen[name] = count
+        if count > 1:
+            name = f"{name}#{count}"
+        fn: Enricher = target  # type: ignore[assignment]
+        slots.append(Slot(fn, target, name, timeout, _is_async_callable(target), breaker=breaker()))
+    return slots
+
+
+# ---------------------------------------------------------------------- shared by the chain
+
+
+def log(level: str, event: str, **fields: Any) -> None:
+    """``logger.<level>(event, **fields)``; a broken log setup must not break enrichment."""
+    try:
+        getattr(logger, level)(event, **fields)
+    except Exception:  # noqa: BLE001 - a broken log setup must not break enrichment
+        pass
+
+
+def cancelled_from_outside() -> bool:
+    """True when this task was cancelled (stop(), a caller's timeout); False when the code it
+    ran raised CancelledError of its own accord, which is a fault like any other."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
