@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from loopthread import _process
+from loopthread._util import describe
 
 __all__ = ["RateLimiter", "logger"]
 
@@ -52,7 +53,7 @@ class _LibraryLogger:
             if not _stdlib.isEnabledFor(number):
                 return
             exc_info = fields.pop("exc_info", None)
-            text = " ".join([event, *(f"{key}={value!r}" for key, value in fields.items())])
+            text = " ".join([event, *(f"{key}={describe(value)}" for key, value in fields.items())])
             _stdlib.log(
                 number,
                 "%s",

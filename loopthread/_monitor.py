@@ -74,7 +74,7 @@ from typing import Any, Literal
 
 from loopthread._core._component import ComponentBase
 from loopthread._log import RateLimiter, logger
-from loopthread._util import Buckets
+from loopthread._util import Buckets, describe
 
 __all__ = [
     "CALL_DURATION_BUCKETS",
@@ -340,7 +340,9 @@ class LoopMonitor:
             self._loop_forever()
         except Exception as exc:  # noqa: BLE001 - say so, rather than die silently
             try:
-                logger.error("loop_thread.monitor_failed", loop_thread=self._name, error=repr(exc))
+                logger.error(
+                    "loop_thread.monitor_failed", loop_thread=self._name, error=describe(exc)
+                )
             except Exception:  # noqa: BLE001 - a broken log setup must not matter here
                 pass
 

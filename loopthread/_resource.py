@@ -32,6 +32,7 @@ from loopthread._core._component import ComponentBase, StopPhase
 from loopthread._core._shutdown import CLOSE_FLOOR
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError
 from loopthread._log import RateLimiter, logger
+from loopthread._util import describe
 from loopthread._validate import close_awaitables
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class Resource(Generic[T]):
                     "warning",
                     "resource.create_failed",
                     resource=self._name,
-                    error=repr(exc),
+                    error=describe(exc),
                     failures=self._failures,
                     suppressed=suppressed,
                 )
@@ -250,7 +251,7 @@ class _Closer(ComponentBase):
                     "resource.close_failed",
                     resource=resource.name,
                     loop_thread=self.lt_name,
-                    error=_describe(exc),
+                    error=describe(exc),
                 )
         if interrupted is not None:
             raise interrupted
@@ -263,15 +264,6 @@ class _Closer(ComponentBase):
     def after_fork_in_child(self) -> None:
         """The created values belong to the parent's loop."""
         self.created = []
-
-
-def _describe(exc: BaseException) -> str:
-    # An exception whose repr() raises (a detached ORM object in its args) must not stop
-    # the remaining closes.
-    try:
-        return repr(exc)
-    except Exception:  # noqa: BLE001
-        return f"<{type(exc).__name__} (repr failed)>"
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -83,3 +83,12 @@ class Buckets:
         """A :class:`HistogramSnapshot` of the counts now."""
         counts, total = self.snapshot()
         return HistogramSnapshot(self.bounds, tuple(counts), total)
+
+
+def describe(value: object) -> str:
+    """``repr(value)``, or a stand-in if that raises: an exception whose ``repr()`` fails (a
+    detached ORM object in its args) must not escape the code that isolates it."""
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 - the point is to never raise
+        return f"<{type(value).__name__} object (repr() failed)>"

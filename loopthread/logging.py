@@ -29,6 +29,7 @@ from loopthread._bind import Binding
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
 from loopthread._log import RateLimiter, logger
 from loopthread._process import fork_safe_lock
+from loopthread._util import describe
 from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
@@ -386,7 +387,7 @@ class LoopHandler(logging.Handler):
                     "loop_handler.handler_failed",
                     handler=repr(handler),
                     records=failed,
-                    error=repr(error),
+                    error=describe(error),
                     suppressed=suppressed,
                 )
             except Exception:  # noqa: BLE001 - a broken log setup must not break the handler

@@ -68,6 +68,7 @@ from loopthread._log import RateLimiter, logger
 from loopthread._monitor import DEFAULT_REGISTRY
 from loopthread._process import fork_safe_lock, on_fork_in_child
 from loopthread._stats import ChainStats, ChannelStats
+from loopthread._util import describe
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -333,7 +334,7 @@ class LoopThreadCollector:
                 logger.warning(
                     "loop_thread.metrics_failed",
                     loop_thread=label,
-                    error=repr(exc),
+                    error=describe(exc),
                     suppressed=suppressed,
                 )
 

@@ -30,6 +30,7 @@ from loopthread._bind import Binding
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError, WouldDeadlockError
 from loopthread._log import RateLimiter, logger
 from loopthread._process import fork_safe_lock
+from loopthread._util import describe
 from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
@@ -329,7 +330,7 @@ class OffloadProcessor:
             return
         try:
             logger.warning(
-                event, offload=self._options["name"], error=repr(exc), suppressed=suppressed
+                event, offload=self._options["name"], error=describe(exc), suppressed=suppressed
             )
         except Exception:  # noqa: BLE001 - a broken log setup must not break the offload
             pass

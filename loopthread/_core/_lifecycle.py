@@ -20,7 +20,7 @@ from loopthread._core._facade import CallFacade
 from loopthread._core._shutdown import CLOSE_FLOOR, drive_shutdown
 from loopthread._core._state import ShutdownReport, State
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError
-from loopthread._util import INF, remaining, wait_arg
+from loopthread._util import INF, describe, remaining, wait_arg
 from loopthread._validate import check_timeout
 
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class Lifecycle(CallFacade):
                 # either way no thread runs, and nothing may wait for one.
                 with self._state_lock:
                     self._state = State.DEAD
-                    self._death_reason = f"the thread could not start: {exc!r}"
+                    self._death_reason = f"the thread could not start: {describe(exc)}"
                 self._started.set()
                 self._stopped.set()
                 _process.unregister(self)
@@ -232,7 +232,7 @@ class Lifecycle(CallFacade):
             self._start_error = exc
             with self._state_lock:
                 self._state = State.DEAD
-                self._death_reason = f"the loop could not be created: {exc!r}"
+                self._death_reason = f"the loop could not be created: {describe(exc)}"
             self._seal()
             self._close_components()
             self._started.set()
@@ -250,7 +250,7 @@ class Lifecycle(CallFacade):
             try:
                 component.on_loop_start(loop)
             except Exception as exc:  # noqa: BLE001 - observability must never stop a loop
-                failures.append((component.name, repr(exc)))
+                failures.append((component.name, describe(exc)))
         crash: BaseException | None = None
         try:
             loop.run_forever()
@@ -309,7 +309,7 @@ class Lifecycle(CallFacade):
                 finish_calls=requested,
             )
         except BaseException as exc:  # noqa: BLE001 - best effort; the loop must still close
-            self._log_event("loop_thread.cleanup_failed", level="warning", error=repr(exc))
+            self._log_event("loop_thread.cleanup_failed", level="warning", error=describe(exc))
             from loopthread._core._shutdown import Outcome
 
             outcome = Outcome()
@@ -367,7 +367,7 @@ class Lifecycle(CallFacade):
                     "loop_thread.component_close_failed",
                     level="error",
                     component=component.name,
-                    error=repr(exc),
+                    error=describe(exc),
                 )
         return unhandled
 

@@ -35,6 +35,7 @@ from loopthread._enrich._slots import Enricher, Event, log, make_slots
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
 from loopthread._log import RateLimiter
 from loopthread._stats import ChainStats, EnricherStats
+from loopthread._util import describe
 from loopthread._validate import check_choice, check_positive_int, check_timeout, close_awaitables
 
 if TYPE_CHECKING:
@@ -317,6 +318,6 @@ class EnricherChain(ComponentBase):
                 "warning",
                 "enricher_chain.degraded",
                 chain=self._name,
-                reason=repr(exc),
+                reason=describe(exc),
                 suppressed=suppressed,
             )

@@ -37,6 +37,7 @@ from loopthread._enrich._slots import (
     log,
 )
 from loopthread._log import RateLimiter
+from loopthread._util import describe
 
 __all__ = ["Runner", "Suspended"]
 
@@ -211,7 +212,7 @@ class Runner:
                 log("warning", "enricher.timed_out", timeout=slot.timeout, **fields)
             elif kind == "error":
                 assert isinstance(detail, BaseException)
-                log("warning", "enricher.failed", error=repr(detail), exc_info=detail, **fields)
+                log("warning", "enricher.failed", error=describe(detail), exc_info=detail, **fields)
             else:
                 log(
                     "warning",

@@ -24,6 +24,7 @@ import time
 
 from loopthread._core._shutdown import CLOSE_FLOOR
 from loopthread._enrich._slots import Slot, cancelled_from_outside, log
+from loopthread._util import describe
 
 __all__ = ["Lifecycle"]
 
@@ -92,7 +93,7 @@ class Lifecycle:
                 "enricher.startup_failed",
                 chain=self._chain,
                 enricher=slot.name,
-                error=repr(exc),
+                error=describe(exc),
                 exc_info=exc,
             )
 
@@ -147,5 +148,5 @@ class _Shutdown:
                 "enricher.shutdown_failed",
                 chain=self._chain,
                 enricher=slot.name,
-                error=repr(exc),
+                error=describe(exc),
             )
