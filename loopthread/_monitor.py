@@ -13,8 +13,11 @@ One monitor thread per loop (``<name>-monitor``), started on the loop thread jus
   timer makes asyncio's ``_run_once`` consult the clock and the timer heap on every
   iteration, which cost 2-3% of ``lt.run`` in perf/bench_metrics.py; the probe costs the loop
   nothing between probes. No new probe is sent while one is outstanding, so a stuck loop
-  gets one late probe, not a pile. The probes are the only wake-ups of an idle loop:
-  ``lag_interval=None`` means none.
+  gets one late probe, not a pile. An idle loop has no lag to measure: where the selector is
+  wrapped (below), probes go only to a loop that ran something besides the last probe (its
+  iterations are counted as it leaves ``select``), and the monitor parks until the loop leaves
+  ``select`` again, so an idle loop costs no wake-up on either thread. On uvloop, with no
+  selector to watch, probes stay periodic; ``lag_interval=None`` means none.
 * **watchdog**: one ``loop_thread.stalled`` warning, with the loop thread's current stack,
   for every loop iteration that runs longer than ``slow_callback``. On selector loops (the
   stdlib default, and the proactor on Windows) the loop's ``_selector.select`` is wrapped:
@@ -204,6 +207,8 @@ class LoopMonitor:
         self._lag_last = 0.0
         self._lag_max = 0.0
         self._probe_done = 0
+        self._iterations = 0  # loop iterations begun (idle-aware only: counted in select)
+        self._probe_iteration = 0  # the iteration in which the last probe ran
         # Written by the monitor thread only:
         self._stalls = 0
         self._probe_sent = 0
@@ -218,6 +223,7 @@ class LoopMonitor:
         self._saved_select: Any = None  # the instance attribute we replaced, if there was one
         self._thread: threading.Thread | None = None
         self._mode: WatchdogMode = "off"
+        self._idle_aware = False  # the selector is wrapped: an idle loop gets no probes
 
     @classmethod
     def start(
@@ -234,8 +240,10 @@ class LoopMonitor:
         return monitor
 
     def _start(self) -> None:
+        if self._slow is not None or self._interval is not None:
+            self._idle_aware = self._wrap_selector()
         if self._slow is not None:
-            if self._wrap_selector():
+            if self._idle_aware:
                 self._mode = "select"
             elif self._interval is not None:
                 self._mode = "heartbeat"
@@ -288,6 +296,7 @@ class LoopMonitor:
         self._lag_last = lag
         self._lag_max = max(self._lag_max, lag)
         # Publish, then look at _parked: the same Dekker pair as the select wrapper's.
+        self._probe_iteration = self._iterations
         self._probe_done = seq
         if self._parked:
             self._wake.set()
@@ -306,6 +315,7 @@ class LoopMonitor:
             self._mark = None
             events = select(timeout)  # if it raises, the loop dies and close() follows
             # Publish the new iteration first, then look at _parked (the Dekker pair).
+            self._iterations += 1
             self._mark = (monotonic(),)
             if self._parked:
                 wake.set()
@@ -358,13 +368,19 @@ class LoopMonitor:
             done = self._probe_done
             now = monotonic()
             outstanding = done != self._probe_sent
-            if interval is not None and now >= next_probe and not outstanding:
+            # An idle loop has no lag to measure: probe only a loop that has run something
+            # besides the last probe (its iterations are counted in the wrapped select).
+            active = not self._idle_aware or self._iterations > self._probe_iteration
+            if interval is not None and now >= next_probe and not outstanding and active:
                 if not self._send_probe(now):
                     return  # the loop is closed
                 next_probe = now + interval
                 outstanding = True
             # While a probe is outstanding, the next one waits: wake for the probe or a stall.
-            until_probe = None if outstanding or interval is None else next_probe - now
+            # An idle loop: wait (parked) until it leaves select, however long that takes.
+            until_probe = (
+                None if outstanding or interval is None or not active else next_probe - now
+            )
 
             if self._mode == "select":
                 if mark is not None and mark is not reported:
@@ -390,7 +406,9 @@ class LoopMonitor:
                     reported = seq
                 else:  # reported: wait for the probe to run at last
                     self._park(mark, done, None)
-            elif outstanding:  # lag only: wait for the probe, then for the next one's time
+            elif (
+                outstanding or not active
+            ):  # lag only: wait for the probe, then for the next one's time
                 self._park(mark, done, None)
             else:
                 self._sleep(until_probe)

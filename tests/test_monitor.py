@@ -185,29 +185,49 @@ def voluntary_switches(thread: threading.Thread) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_monitor_off_means_no_idle_wake_ups() -> None:
-    """lag_interval=None: neither the loop thread nor the watchdog wakes while idle."""
+def test_an_idle_loop_never_wakes_with_or_without_monitoring() -> None:
+    """An idle loop has no lag to measure and cannot stall: with the default monitoring (lag
+    probe and watchdog) as with monitoring off, neither the loop thread nor the monitor thread
+    wakes up while nothing runs; a loop with a timer does (so the measurement works)."""
     quiet = LoopThread("quiet", metrics_registry=None, lag_interval=None).start()
-    probed = LoopThread("probed", metrics_registry=None, lag_interval=0.1).start()
+    defaults = LoopThread("defaults", metrics_registry=None).start()
+    ticking = LoopThread("ticking", metrics_registry=None).start()
+
+    async def tick() -> None:
+        while True:  # noqa: ASYNC110 - a loop woken by its timer, on purpose
+            await asyncio.sleep(0.02)
+
     try:
         quiet.run(noop())
-        probed.run(noop())
-        monitor = next(t for t in threading.enumerate() if t.name == "quiet-monitor")
-        threads = {"loop": quiet.thread, "monitor": monitor, "probed": probed.thread}
+        defaults.run(noop())
+        ticker = ticking.submit(tick())
+        names = ("quiet-monitor", "defaults-monitor", "ticking-monitor")
+        monitors = {t.name: t for t in threading.enumerate() if t.name in names}
+        threads = {
+            "quiet": quiet.thread,
+            "quiet-monitor": monitors["quiet-monitor"],
+            "defaults": defaults.thread,
+            "defaults-monitor": monitors["defaults-monitor"],
+            "ticking": ticking.thread,
+            "ticking-monitor": monitors["ticking-monitor"],
+        }
         # Measuring idleness takes time; nothing is waited for here. The first 0.3 s let the
-        # calls above finish: the loop thread going back to select and the monitor's grace
-        # period after activity (GIL hand-offs count as voluntary switches too).
-        time.sleep(0.3)
+        # calls above finish: the loop threads going back to select and each monitor's grace
+        # period after activity (slow_callback) and its one probe after it.
+        time.sleep(0.6)
         before = {name: voluntary_switches(t) for name, t in threads.items()}
         time.sleep(1.0)
         after = {name: voluntary_switches(t) for name, t in threads.items()}
+        ticker.cancel()
     finally:
         quiet.stop()
-        probed.stop()
+        defaults.stop()
+        ticking.stop()
     woke = {name: after[name] - before[name] for name in threads}
-    assert woke["loop"] <= 2, woke
-    assert woke["monitor"] <= 2, woke
-    assert woke["probed"] >= 5, woke  # the measurement itself works
+    for name in ("quiet", "quiet-monitor", "defaults", "defaults-monitor"):
+        assert woke[name] == 0, woke
+    assert woke["ticking"] >= 20, woke  # the measurement itself works (50 ticks a second)
+    assert woke["ticking-monitor"] >= 2, woke  # a busy loop is probed and watched
 
 
 def test_uvloop_uses_the_heartbeat_watchdog(stall_log: StallLog) -> None:

@@ -17,7 +17,7 @@ CLASS_LINES = 300
 # name -> (limit, why it may be bigger than the default)
 ALLOWED: dict[str, tuple[int, str]] = {
     "loopthread/_monitor.py": (
-        520,
+        560,
         "its docstring carries the watchdog's ordering proof, which belongs beside the code",
     ),
     "loopthread/metrics.py": (
