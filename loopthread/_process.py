@@ -35,7 +35,6 @@ from typing import Protocol
 
 __all__ = [
     "EXIT_TIMEOUT",
-    "ForkSafeLock",
     "Member",
     "exiting",
     "fork_safe_lock",
@@ -64,39 +63,16 @@ class Member(Protocol):
         ...
 
 
-class ForkSafeLock:
-    """A ``threading.Lock`` (or ``RLock``) that the fork hook replaces in a forked child."""
-
-    __slots__ = ("__weakref__", "_lock", "_reentrant")
-
-    def __init__(self, reentrant: bool = False) -> None:
-        self._reentrant = reentrant
-        self._lock = threading.RLock() if reentrant else threading.Lock()
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """As ``threading.Lock.acquire``."""
-        return self._lock.acquire(blocking, timeout)
-
-    def release(self) -> None:
-        """As ``threading.Lock.release``."""
-        self._lock.release()
-
-    def __enter__(self) -> bool:
-        return self._lock.acquire()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._lock.release()
-
-    def _reinit(self) -> None:
-        self._lock = threading.RLock() if self._reentrant else threading.Lock()
+# Plain C locks, not a wrapper: a wrapper's Python-level __enter__ can be interrupted by a
+# signal right after the C acquire, before the `with` block is armed, and the lock stays held
+# (bpo-29988). The fork hook resets them with _at_fork_reinit(), as the stdlib's logging,
+# threading and concurrent.futures do with theirs.
+_locks: weakref.WeakSet[threading.Lock] = weakref.WeakSet()
 
 
-_locks: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()
-
-
-def fork_safe_lock(reentrant: bool = False) -> ForkSafeLock:
-    """A new lock that is re-created (released) in a forked child."""
-    lock = ForkSafeLock(reentrant)
+def fork_safe_lock() -> threading.Lock:
+    """A new ``threading.Lock`` that the fork hook re-creates (releases) in a forked child."""
+    lock = threading.Lock()
     _locks.add(lock)
     return lock
 
@@ -122,7 +98,7 @@ def register(member: Member) -> None:
         _registry[key] = ref
 
 
-def unregister(member: Member) -> None:
+def unregister(member: object) -> None:
     """Forget ``member`` (it stopped)."""
     with _lock:
         ref = _registry.get(id(member))
@@ -183,7 +159,7 @@ def _stop_all_at_exit() -> None:
 def _after_fork_in_child() -> None:
     global _exiting
     for lock in list(_locks):
-        lock._reinit()
+        lock._at_fork_reinit()  # type: ignore[attr-defined]
     _exiting = False
     for callback in list(_fork_callbacks):
         callback()

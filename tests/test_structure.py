@@ -29,10 +29,6 @@ ALLOWED: dict[str, tuple[int, str]] = {
         310,
         "a logging.Handler's surface (handle, emit, prepare, flush, close) plus its batch writer",
     ),
-    "loopthread/_core/_lifecycle.py:Lifecycle": (
-        360,
-        "the state machine and the loop thread's body read best as one unit",
-    ),
 }
 
 

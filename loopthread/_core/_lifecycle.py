@@ -5,7 +5,6 @@ See :mod:`loopthread._core._shutdown` for the phases that the loop thread runs a
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -14,11 +13,9 @@ from typing import Self, TypeVar
 
 from loopthread import _process
 from loopthread._core._base import thread_stack
-from loopthread._core._component import Component
-from loopthread._core._executor import LoopExecutor
-from loopthread._core._facade import CallFacade
-from loopthread._core._shutdown import CLOSE_FLOOR, drive_shutdown
+from loopthread._core._shutdown import CLOSE_FLOOR
 from loopthread._core._state import ShutdownReport, State
+from loopthread._core._thread import LoopThreadBody
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError
 from loopthread._util import INF, describe, remaining, wait_arg
 from loopthread._validate import check_timeout
@@ -32,7 +29,7 @@ _STOP_FLOOR = 0.25
 __all__ = ["Lifecycle"]
 
 
-class Lifecycle(CallFacade):
+class Lifecycle(LoopThreadBody):
     """The state machine and the thread that owns the loop."""
 
     def start(self) -> Self:
@@ -46,39 +43,65 @@ class Lifecycle(CallFacade):
         return self
 
     def _start(self) -> None:
-        with self._state_lock:
-            state = self._state
-            if state is State.NEW:
-                self._state = State.STARTING
-                thread = threading.Thread(target=self._thread_main, name=self._name, daemon=True)
-                self._thread = thread
-            elif state not in (State.STARTING, State.RUNNING):
-                raise LoopThreadError(
-                    f"LoopThread {self._name!r} is {state.value}{self._death_suffix()}; "
-                    "a stopped LoopThread cannot be restarted. Create a new LoopThread()."
-                )
-        if state is State.NEW:
-            try:
+        while not self._start_once():
+            pass  # a start in another thread was interrupted before its thread ran: retry
+
+    def _start_once(self) -> bool:
+        """Start (or wait for the start in progress); False if that start was undone."""
+        thread: threading.Thread | None = None
+        try:
+            with self._state_lock:
+                started = self._started
+                state = self._state
+                if state is State.NEW:
+                    thread = threading.Thread(
+                        target=self._thread_main, name=self._name, daemon=True
+                    )
+                    self._thread = thread
+                    self._state = State.STARTING
+                elif state not in (State.STARTING, State.RUNNING):
+                    raise LoopThreadError(
+                        f"LoopThread {self._name!r} is {state.value}{self._death_suffix()}; "
+                        "a stopped LoopThread cannot be restarted. Create a new LoopThread()."
+                    )
+            if thread is not None:
                 thread.start()
-            except BaseException as exc:
-                # "can't create new thread at interpreter shutdown", or Ctrl-C landing here:
-                # either way no thread runs, and nothing may wait for one.
-                with self._state_lock:
-                    self._state = State.DEAD
-                    self._death_reason = f"the thread could not start: {describe(exc)}"
-                self._started.set()
-                self._stopped.set()
-                _process.unregister(self)
-                if isinstance(exc, RuntimeError):
-                    raise LoopNotRunningError(
-                        f"LoopThread {self._name!r} could not start its thread ({exc}). "
-                        "Start loop threads before interpreter shutdown (not from atexit "
-                        "handlers)."
-                    ) from exc
-                raise
-        self._started.wait()
+        except BaseException as exc:
+            if thread is not None:
+                self._start_interrupted(thread, exc)
+            raise
+        started.wait()
+        if self._state is State.NEW:
+            return False
         if self._start_error is not None:
             raise self._start_error
+        return True
+
+    def _start_interrupted(self, thread: threading.Thread, exc: BaseException) -> None:
+        """start() failed or was interrupted (Ctrl-C) before the thread was running."""
+        if thread.ident is not None:
+            return  # the thread runs: it moves the state on itself; the caller sees the signal
+        if isinstance(exc, RuntimeError):  # "can't create new thread at interpreter shutdown"
+            with self._state_lock:
+                self._state = State.DEAD
+                self._death_reason = f"the thread could not start: {describe(exc)}"
+            self._started.set()
+            self._stopped.set()
+            _process.unregister(self)
+            raise LoopNotRunningError(
+                f"LoopThread {self._name!r} could not start its thread ({exc}). Start loop "
+                "threads before interpreter shutdown (not from atexit handlers)."
+            ) from exc
+        # Interrupted before any thread ran: as if start() had not been called. Callers
+        # waiting for this start are woken (on the old event) and start it themselves.
+        with self._state_lock:
+            if self._state is State.STARTING and self._thread is thread:
+                self._state = State.NEW
+                self._thread = None
+                waiters, self._started = self._started, threading.Event()
+            else:
+                return
+        waiters.set()
 
     def stop(self, timeout: float | None = 5.0) -> ShutdownReport:
         """Stop accepting work, let work in flight finish, cancel what is left, close the loop.
@@ -110,7 +133,10 @@ class Lifecycle(CallFacade):
             return ShutdownReport(finished=False)
         if state in (State.STOPPED, State.DEAD) and self._stopped.is_set():
             return self._report or ShutdownReport(finished=True)
-        return self._wait_stopped(deadline + _STOP_FLOOR, started)
+        # The caller whose deadline the shutdown runs by waits for it to finish (floors
+        # included); one with a shorter deadline waits only that long.
+        until = self._shutdown_due() if deadline >= self._stop_deadline else deadline + _STOP_FLOOR
+        return self._wait_stopped(until, started)
 
     def _initiate_stop(self, deadline: float) -> State:
         """Move to STOPPING and stop the loop; return the prior state."""
@@ -123,6 +149,10 @@ class Lifecycle(CallFacade):
                 self._state = State.STOPPING
                 self._stop_deadline = deadline
                 self._stop_began = time.monotonic()
+        if state is State.STOPPING and not self._driving:
+            # An earlier stop() may have been interrupted (Ctrl-C) between the state change
+            # and telling the loop: tell it again (loop.stop() is idempotent).
+            self._stop_loop()
         if state is State.NEW:
             self._seal()
             self._close_components()
@@ -130,24 +160,37 @@ class Lifecycle(CallFacade):
             _process.unregister(self)
         elif state is State.RUNNING:
             self._seal()
-            loop = self._loop
-            assert loop is not None
-            try:
-                loop.call_soon_threadsafe(loop.stop)
-            except RuntimeError:  # the loop is closed already: its thread is finishing
-                pass
+            self._stop_loop()
             self._log_event("loop_thread.stopping", level="debug")
         return state
 
+    def _stop_loop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:  # the loop is closed already: its thread is finishing
+            pass
+
     def _wait_stopped(self, until: float, started: float) -> ShutdownReport:
-        # The loop thread needs a moment past the deadline to finish (each close gets at
-        # least CLOSE_FLOOR, then the executor and the loop are closed): `until` includes it.
+        """Wait for the loop thread until ``until`` (this caller's deadline plus slack).
+
+        The loop thread runs the shutdown by the deadline of the *first* ``stop()``; a later
+        caller with a shorter timeout gets ``finished=False`` at its own deadline without
+        touching a loop that is still shutting down in time. Only when the shutdown's own
+        deadline, plus what its floors may add, has passed is the loop declared blocked.
+        """
         if self._stopped.wait(wait_arg(until - time.monotonic())) and self._report is not None:
             thread = self._thread
             if thread is not None and thread is not threading.current_thread():
                 # The thread has only its return left; joining makes stop() mean "gone".
                 thread.join(wait_arg(max(0.1, until - time.monotonic())))
             return self._report
+        if time.monotonic() < self._shutdown_due():
+            return ShutdownReport(
+                finished=False, deadline_hit=True, duration=time.monotonic() - started
+            )
         # The loop thread did not finish in time: something blocks the loop (a coroutine that
         # calls time.sleep, a callback that never returns). Nothing may wait on it any longer.
         stuck = self._abandon()
@@ -158,6 +201,13 @@ class Lifecycle(CallFacade):
             deadline_hit=True,
             duration=time.monotonic() - started,
         )
+
+    def _shutdown_due(self) -> float:
+        """When a healthy loop thread has finished the shutdown at the latest: its deadline,
+        plus the floors its phases may add past it (each close component, the final waits),
+        plus scheduling slack."""
+        closers = sum(1 for c in self._sealed if c.stop_phase in ("close", "close_last"))
+        return self._stop_deadline + _STOP_FLOOR + CLOSE_FLOOR * (6 + 2 * closers)
 
     def _abandon(self) -> int:
         with self._state_lock:
@@ -182,7 +232,10 @@ class Lifecycle(CallFacade):
         ):
             if self.owns_current_thread():
                 return
-            self._wait_stopped(deadline + _STOP_FLOOR, time.monotonic())
+            # The floors of the phases may add a little past the shared deadline; a second
+            # at most, so the exit stays bounded whatever the components are.
+            floor = deadline + _STOP_FLOOR
+            self._wait_stopped(max(floor, min(self._shutdown_due(), floor + 1.0)), time.monotonic())
 
     def after_fork_in_child(self) -> bool:
         """In a forked child: a NEW LoopThread stays usable; a started one is dead here."""
@@ -216,166 +269,3 @@ class Lifecycle(CallFacade):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def _thread_main(self) -> None:
-        try:
-            loop = self._loop_factory()
-            if not isinstance(loop, asyncio.AbstractEventLoop):
-                raise TypeError(
-                    f"loop_factory returned {type(loop).__name__}, not an event loop; pass a "
-                    "callable such as asyncio.new_event_loop or uvloop.new_event_loop."
-                )
-            executor = LoopExecutor(self._executor_workers, f"{self._name}-executor")
-            loop.set_default_executor(executor)
-            asyncio.set_event_loop(loop)
-        except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
-            self._start_error = exc
-            with self._state_lock:
-                self._state = State.DEAD
-                self._death_reason = f"the loop could not be created: {describe(exc)}"
-            self._seal()
-            self._close_components()
-            self._started.set()
-            self._stopped.set()
-            _process.unregister(self)
-            return
-        self._loop = loop
-        self._executor = executor
-        self._thread_id = threading.get_ident()
-        self._loops_created += 1
-        failures: list[tuple[str, str]] = []
-        # First in line: what the components schedule below runs once the loop is RUNNING.
-        loop.call_soon(self._on_running, failures)
-        for component in self.components:
-            try:
-                component.on_loop_start(loop)
-            except Exception as exc:  # noqa: BLE001 - observability must never stop a loop
-                failures.append((component.name, describe(exc)))
-        crash: BaseException | None = None
-        try:
-            loop.run_forever()
-        except BaseException as exc:  # noqa: BLE001 - a crash of the loop is reported, not lost
-            crash = exc
-        self._after_run_forever(loop, executor, crash)
-
-    def _on_running(self, failures: list[tuple[str, str]]) -> None:
-        with self._state_lock:
-            self._state = State.RUNNING
-        self._started.set()
-        for name, error in failures:
-            self._log_event(
-                "loop_thread.component_start_failed", level="error", component=name, error=error
-            )
-        self._log_event(
-            "loop_thread.started", level="debug", thread=threading.current_thread().name
-        )
-
-    def _after_run_forever(
-        self, loop: asyncio.AbstractEventLoop, executor: LoopExecutor, crash: BaseException | None
-    ) -> None:
-        with self._state_lock:
-            requested = self._state is State.STOPPING
-            if not requested and self._state is not State.DEAD:
-                self._state = State.DEAD
-                self._death_reason = (
-                    f"its loop crashed with {crash!r}"
-                    if crash is not None
-                    else "its loop was stopped by code running on it (loop.stop())"
-                )
-            deadline = self._stop_deadline
-        failed = 0
-        if not requested:
-            self._seal()
-            failed = self._fail_pending(self._death_reason)  # wake every caller at once
-            self._log_event(
-                "loop_thread.died",
-                level="error",
-                reason=self._death_reason,
-                calls_failed=failed,
-                exc_info=crash,
-            )
-            grace = self._cancel_grace
-            deadline = time.monotonic() + (grace if grace != INF else 5.0)
-        started = self._stop_began if requested else time.monotonic()
-        try:
-            outcome = drive_shutdown(
-                loop,
-                deadline=deadline,
-                grace=self._cancel_grace,
-                components=self._seal(),
-                start_inbox=self._drain_inbox,
-                pending_calls=lambda: list(self._pending),
-                cancel_call=self._cancel_for_stop,
-                finish_calls=requested,
-            )
-        except BaseException as exc:  # noqa: BLE001 - best effort; the loop must still close
-            self._log_event("loop_thread.cleanup_failed", level="warning", error=describe(exc))
-            from loopthread._core._shutdown import Outcome
-
-            outcome = Outcome()
-        grace = self._cancel_grace
-        join = max(CLOSE_FLOOR, min(grace, remaining(deadline)))
-        stuck = executor.shutdown_bounded(wait=True, cancel_futures=True, timeout=join)
-        unhandled = self._close_components()
-        try:
-            loop.close()
-        except Exception:  # noqa: BLE001 - a loop that will not close is left to the GC
-            pass
-        report = ShutdownReport(
-            finished=True,
-            completed=outcome.completed,
-            cancelled=outcome.cancelled + failed,
-            abandoned=outcome.abandoned + len(stuck),
-            items_unhandled=unhandled,
-            deadline_hit=outcome.deadline_hit,
-            duration=time.monotonic() - started,
-        )
-        with self._state_lock:
-            if self._state is State.STOPPING:
-                self._state = State.STOPPED
-            if self._report is None:
-                self._report = report
-        self._fail_pending(f"LoopThread {self._name!r} stopped")
-        # Thread idents are reused once a thread ends: forget ours, or a new thread that gets
-        # it would be taken for the loop thread by the deadlock guard.
-        self._thread_id = None
-        _process.unregister(self)
-        self._log_event("loop_thread.stopped", level="debug", report=report)
-        self._stopped.set()
-
-    def _seal(self) -> list[Component]:
-        """Refuse new components; remember the attached ones for the shutdown (once)."""
-        sealed = self.components.seal(self._not_running_message())
-        with self._state_lock:
-            if not self._sealed:
-                self._sealed = sealed
-            return self._sealed
-
-    def _close_components(self) -> int:
-        """Every component's on_closed, once; return the items they could not handle."""
-        with self._state_lock:
-            if self._closed_components:
-                return 0
-            self._closed_components = True
-            sealed = self._sealed or list(self.components)
-        unhandled = 0
-        for component in sealed:
-            try:
-                unhandled += component.on_closed()
-            except Exception as exc:  # noqa: BLE001 - one component must not stop the others
-                self._log_event(
-                    "loop_thread.component_close_failed",
-                    level="error",
-                    component=component.name,
-                    error=describe(exc),
-                )
-        return unhandled
-
-    def _fail_pending(self, reason: str) -> int:
-        calls = list(self._pending)
-        self._pending.clear()
-        self._inbox.clear()
-        for call in calls:
-            call.close_unstarted()
-            call.finish(None, LoopNotRunningError(f"LoopThread {self._name!r}: {reason}."))
-        return len(calls)
