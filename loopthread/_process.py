@@ -36,6 +36,7 @@ from typing import Protocol
 __all__ = [
     "EXIT_TIMEOUT",
     "Member",
+    "after_exit",
     "exiting",
     "fork_safe_lock",
     "members",
@@ -82,6 +83,7 @@ _registry: dict[int, weakref.ref[Member]] = {}  # id -> ref, in creation order; 
 _exiting = False
 _fork_callbacks: list[Callable[[], None]] = []
 _exit_callbacks: list[Callable[[], None]] = []
+_after_exit_callbacks: list[Callable[[], None]] = []
 
 
 def register(member: Member) -> None:
@@ -128,6 +130,11 @@ def on_exit(callback: Callable[[], None]) -> None:
     _exit_callbacks.append(callback)
 
 
+def after_exit(callback: Callable[[], None]) -> None:
+    """Run ``callback()`` at the end of the exit hook, once every loop stopped (or gave up)."""
+    _after_exit_callbacks.append(callback)
+
+
 def _stop_all_at_exit() -> None:
     global _exiting
     with _lock:
@@ -153,6 +160,11 @@ def _stop_all_at_exit() -> None:
         try:
             member.finish_exit(deadline)
         except BaseException:  # noqa: BLE001 - the drain of the others goes on
+            pass
+    for callback in list(_after_exit_callbacks):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - exit goes on
             pass
 
 

@@ -134,3 +134,4 @@ def _log_received() -> None:
 
 _process.on_exit(_shield_exit_drain)
 _process.on_exit(_log_received)
+_process.after_exit(_log_received)  # those that arrived during the drain

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from loopthread._bind import Binding
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
+from loopthread._handlers import handle_all, handle_all_tracked
 from loopthread._log import RateLimiter, logger
 from loopthread._process import fork_safe_lock
 from loopthread._util import describe
@@ -321,7 +322,7 @@ class LoopHandler(logging.Handler):
         next(self._written_directly)
         for handler in self._resolved_handlers():
             if isinstance(handler, logging.Handler):
-                failed, error = _handle_all(handler, [record])
+                failed, error = handle_all(handler, [record])
                 if failed:
                     self._handler_failed(handler, failed, error)
 
@@ -357,12 +358,12 @@ class LoopHandler(logging.Handler):
             context = contextvars.copy_context()  # carries _processing into the executor
             try:
                 failed, error = await loop.run_in_executor(
-                    None, context.run, _handle_all, handler, records
+                    None, context.run, handle_all_tracked, handler, records
                 )
             except RuntimeError:
-                # The executor refuses work at interpreter exit (concurrent.futures shut
-                # down before atexit ran us): write on the loop thread rather than lose it.
-                failed, error = _handle_all(handler, records)
+                # The executor refuses work (its loop is stopping): write on the loop thread
+                # rather than lose it.
+                failed, error = handle_all(handler, records)
         else:
             try:
                 await handler.emit_batch(records)
@@ -392,53 +393,6 @@ class LoopHandler(logging.Handler):
                 )
             except Exception:  # noqa: BLE001 - a broken log setup must not break the handler
                 pass
-
-
-_base_handle = logging.Handler.handle
-
-
-def _handle_all(
-    handler: logging.Handler, records: list[logging.LogRecord]
-) -> tuple[int, BaseException | None]:
-    """Pass ``records`` to ``handler`` as ``Logger.callHandlers`` would, in order.
-
-    Applies the handler's level and filters. Returns how many records the handler raised on,
-    and the first error: one bad record does not cost the rest of the batch.
-    """
-    failed = 0
-    error: BaseException | None = None
-    level = handler.level
-    if type(handler).handle is not _base_handle:
-        # A handler with its own handle(): call it per record, as logging would.
-        for record in records:
-            if record.levelno >= level:
-                try:
-                    handler.handle(record)
-                except BaseException as exc:  # noqa: BLE001 - counted by the caller (SystemExit too)
-                    failed += 1
-                    error = error or exc
-        return failed, error
-    # Handler.handle() is filter + lock + emit per record; taking the lock once per batch
-    # does the same work without a lock round trip per record.
-    filter_ = handler.filter
-    emit = handler.emit
-    handler.acquire()
-    try:
-        for record in records:
-            if record.levelno < level:
-                continue
-            rv = filter_(record)
-            if not rv:
-                continue
-            try:
-                # Python 3.12+: a filter may return a replacement record.
-                emit(rv if isinstance(rv, _LogRecord) else record)
-            except BaseException as exc:  # noqa: BLE001 - counted by the caller (SystemExit too)
-                failed += 1
-                error = error or exc
-    finally:
-        handler.release()
-    return failed, error
 
 
 def _make_chain(

@@ -46,7 +46,8 @@ class CoreBase:
     _stop_began: float
     _pid: int
     _closed_components: bool
-    _driving: bool  # the loop thread runs the shutdown driver
+    _driving: bool
+    _unhandled_at_close: int  # the loop thread runs the shutdown driver
     _sealed: list[Component]
     _thread: threading.Thread | None
     _thread_id: int | None

@@ -61,11 +61,15 @@ class Call:
         self.error = error
         self._wake()
 
-    def close_unstarted(self) -> None:
-        """Close the coroutine (and the inner ones) if it never ran: no "never awaited"."""
-        if close_if_unstarted(self.coro) and self.inner:
-            for inner in self.inner:
-                close_if_unstarted(inner)
+    def close_unstarted(self) -> bool:
+        """Close the coroutine (and the inner ones) if it never ran: no "never awaited".
+
+        Returns True if it was closed here (it had not started)."""
+        if not close_if_unstarted(self.coro):
+            return False
+        for inner in self.inner or ():
+            close_if_unstarted(inner)
+        return True
 
     def unwrap(self) -> Any:
         """Return the result or raise the error, dropping the call's references to both."""

@@ -21,7 +21,6 @@ from loopthread._core._call import (
     Call,
     CancelReason,
     FutureCall,
-    close_if_unstarted,
     gather,
     invoke,
     is_awaitable,
@@ -288,7 +287,7 @@ class CallFacade(CoreBase):
         except BaseException as exc:  # noqa: BLE001 - every outcome goes to the caller
             # SystemExit and KeyboardInterrupt raised by the coroutine reach the caller and do
             # not stop the loop, which is why this catches BaseException.
-            close_if_unstarted(call.coro)  # a task cancelled before its first step
+            call.close_unstarted()  # a task cancelled before its first step
             self._finish_failed(call, exc)
             del exc
         else:
@@ -325,11 +324,11 @@ class CallFacade(CoreBase):
         if not call.done:
             call.cancel_reason = reason
             task = call.task
-            if task is None or close_if_unstarted(call.coro):
+            if task is None or call.close_unstarted():
                 # Not started: it never will. Cancelling a task before its first step would
                 # skip _execute entirely (and with it the caller's wake-up), so finish the call
                 # here; _execute, if its task runs later, sees it done and returns.
-                call.close_unstarted()
+                call.close_unstarted()  # (if the task is None)
                 self._finish_failed(call, asyncio.CancelledError())
             else:
                 task.cancel()

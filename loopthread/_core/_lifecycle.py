@@ -193,11 +193,11 @@ class Lifecycle(LoopThreadBody):
             )
         # The loop thread did not finish in time: something blocks the loop (a coroutine that
         # calls time.sleep, a callback that never returns). Nothing may wait on it any longer.
-        stuck = self._abandon()
+        stuck, unhandled = self._abandon()
         return ShutdownReport(
             finished=False,
             abandoned=stuck,
-            items_unhandled=self._close_components(),
+            items_unhandled=unhandled,
             deadline_hit=True,
             duration=time.monotonic() - started,
         )
@@ -209,17 +209,24 @@ class Lifecycle(LoopThreadBody):
         closers = sum(1 for c in self._sealed if c.stop_phase in ("close", "close_last"))
         return self._stop_deadline + _STOP_FLOOR + CLOSE_FLOOR * (6 + 2 * closers)
 
-    def _abandon(self) -> int:
+    def _abandon(self) -> tuple[int, int]:
+        """Give up on a blocked loop: fail its callers, close its components (from this
+        thread), log it with what was lost; return (calls failed, items unhandled)."""
         with self._state_lock:
             if self._state is State.STOPPING:
                 self._state = State.DEAD
                 self._death_reason = "stop() timed out while the loop was blocked"
         stack = thread_stack(self._thread_id)
         stuck = self._fail_pending("the loop thread did not stop in time (its loop is blocked)")
+        unhandled = self._close_components()
         self._log_event(
-            "loop_thread.stop_timed_out", level="error", calls_failed=stuck, loop_stack=stack
+            "loop_thread.stop_timed_out",
+            level="error",
+            calls_failed=stuck,
+            items_unhandled=unhandled,
+            loop_stack=stack,
         )
-        return stuck
+        return stuck, unhandled
 
     def begin_exit(self, deadline: float) -> None:
         """Interpreter exit: ask to stop by ``deadline``."""

@@ -129,9 +129,12 @@ def drive_shutdown(
     """
     out = Outcome()
     started = time.monotonic()
-    budget = max(0.0, deadline - started)
-    cancel_deadline = deadline - min(budget / 4, 1.0)
-    soft_deadline = cancel_deadline - min((cancel_deadline - started) / 2, grace)
+    if deadline == INF:  # stop(None): calls and drains get as long as they take
+        cancel_deadline = soft_deadline = INF
+    else:
+        budget = max(0.0, deadline - started)
+        cancel_deadline = deadline - min(budget / 4, 1.0)
+        soft_deadline = cancel_deadline - min((cancel_deadline - started) / 2, grace)
 
     def wait(futures: Iterable[asyncio.Future[Any]], until: float) -> bool:
         return wait_on_loop(loop, futures, until, out.interrupts)

@@ -95,7 +95,8 @@ class LoopThreadBody(CallFacade):
         self._driving = True
         with self._state_lock:
             requested = self._state is State.STOPPING
-            if not requested and self._state is not State.DEAD:
+            abandoned = self._state is State.DEAD  # stop() gave up on it; now it unblocked
+            if not requested and not abandoned:
                 self._state = State.DEAD
                 self._death_reason = (
                     f"its loop crashed with {crash!r}"
@@ -104,7 +105,7 @@ class LoopThreadBody(CallFacade):
                 )
             deadline = self._stop_deadline
         failed = 0
-        if not requested:
+        if not requested and not abandoned:
             self._seal()
             failed = self._fail_pending(self._death_reason)  # wake every caller at once
             self._log_event(
@@ -175,7 +176,7 @@ class LoopThreadBody(CallFacade):
         """Every component's on_closed, once; return the items they could not handle."""
         with self._state_lock:
             if self._closed_components:
-                return 0
+                return self._unhandled_at_close  # the same answer for every caller
             self._closed_components = True
             sealed = self._sealed or list(self.components)
         unhandled = 0
@@ -189,6 +190,7 @@ class LoopThreadBody(CallFacade):
                     component=component.name,
                     error=describe(exc),
                 )
+        self._unhandled_at_close = unhandled
         return unhandled
 
     def _fail_pending(self, reason: str) -> int:
