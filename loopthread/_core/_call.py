@@ -108,6 +108,8 @@ class BlockingCall(Call):
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the outcome is in or ``timeout`` (None: no limit) expired."""
+        if timeout is None:  # the hot path (lt.run without timeout=): no helper call
+            return self.lock.acquire()
         return self.lock.acquire(True, lock_timeout(timeout))
 
 
