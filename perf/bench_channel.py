@@ -69,7 +69,7 @@ QUEUE = "queue.Queue + consumer thread"
 QUEUE_HANDLER = "QueueHandler + QueueListener"
 POLLER = "1 ms polling thread"
 FLOOR = "call_soon_threadsafe (floor)"
-CHANNEL_DEFAULT_LT = "ch.put, LoopThread defaults (lag tick every 0.5 s)"
+CHANNEL_DEFAULT_LT = "ch.put, LoopThread defaults (lag probe, watchdog)"
 BACKOFF = "1->100 ms backoff poller"
 
 # Competitors of the put-cost table.
@@ -552,7 +552,7 @@ def _idle(rig: Rig, plan: Plan) -> dict[str, tuple[float | None, float]]:
         pass
 
     results: dict[str, tuple[float | None, float]] = {}
-    # The channel's own cost: a LoopThread without the lag monitor's tick (its one timer).
+    # The channel alone (lag_interval=None), and on a LoopThread with the default monitoring.
     quiet = loopthread.LoopThread("bench-idle", lag_interval=None).start()
     for name, lt in ((CHANNEL, quiet), (CHANNEL_DEFAULT_LT, rig.lt)):
         ch = lt.channel(count)
@@ -769,8 +769,8 @@ def report(quick: bool = False) -> str:
             "`loop.call_soon_threadsafe(record, t)`: the OS wake-up of a parked loop thread, "
             "which no bridge can beat.",
             "- idle: the `ch.put (lt.channel)` row runs on a LoopThread with `lag_interval=None`, "
-            "which isolates the channel; with the defaults the loop also wakes for the lag "
-            "monitor's tick (2/s), shown in its own row.",
+            "which isolates the channel; the defaults row adds the lag probe and the watchdog, "
+            "which cost an idle loop nothing (they run only while it has work).",
             "- metrics on / off: events/s = 1 / the median over rounds of the seconds per event. "
             "Off = `metrics_registry=None, lag_interval=None, slow_callback=None`; on = the "
             "defaults with a fresh `CollectorRegistry`. The channel's counters are read from "
