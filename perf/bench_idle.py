@@ -100,7 +100,11 @@ def _janus_parked() -> Iterator[list[threading.Thread]]:
             q: janus.Queue[int] = janus.Queue()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            done.append(lambda: None if loop.call_soon_threadsafe(stop.set) else None)
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(stop.set)
+
+            done.append(wake)
             getter = asyncio.ensure_future(q.async_q.get())
             ready.set()
             await stop.wait()
