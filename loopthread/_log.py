@@ -36,6 +36,9 @@ _LEVELS = {
     "critical": logging.CRITICAL,
 }
 _stdlib = logging.getLogger("loopthread")
+# As every library does: without a configured handler, nothing is printed (not even through
+# logging.lastResort); handlers on the root logger still receive what propagates.
+_stdlib.addHandler(logging.NullHandler())
 _structlog = structlog.get_logger("loopthread")
 
 

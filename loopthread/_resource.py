@@ -22,6 +22,7 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import time
@@ -225,33 +226,46 @@ class _Closer(ComponentBase):
         self.closed = True
         interrupted: asyncio.CancelledError | None = None
         created = self.created
+        loop = asyncio.get_running_loop()
         while created:
             resource = created.pop()
             remaining = deadline - time.monotonic()
             # Keep back a share for every close still to come: none is skipped.
             budget = max(CLOSE_FLOOR, remaining - min(remaining / 2, _CLOSE_RESERVE * len(created)))
+            # Each close in its own task: one that ignores its cancellation (swallows
+            # CancelledError) is abandoned at its budget instead of holding up the others.
+            task = loop.create_task(
+                resource._close_value(), name=f"loopthread-close-{resource.name}"
+            )
             try:
-                async with asyncio.timeout(None if budget == float("inf") else budget):
-                    await resource._close_value()
+                await asyncio.wait({task}, timeout=None if budget == float("inf") else budget)
             except asyncio.CancelledError as exc:
                 # stop()'s own deadline: note it, close the others anyway, then re-raise.
                 interrupted = exc
+                task.cancel()
                 _log("warning", "resource.close_interrupted", resource=resource.name)
-            except TimeoutError:
+                continue
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({task}, timeout=CLOSE_FLOOR)
                 _log(
                     "warning",
                     "resource.close_timed_out",
                     resource=resource.name,
                     loop_thread=self.lt_name,
                     budget=budget,
+                    abandoned=not task.done(),  # it ignored its cancellation
                 )
-            except BaseException as exc:  # noqa: BLE001 - one failing close must not skip others
+                continue
+            error = None if task.cancelled() else task.exception()
+            if error is not None:  # one failing close must not skip the others
                 _log(
                     "warning",
                     "resource.close_failed",
                     resource=resource.name,
                     loop_thread=self.lt_name,
-                    error=describe(exc),
+                    error=describe(error),
                 )
         if interrupted is not None:
             raise interrupted

@@ -51,7 +51,7 @@ import enum
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
@@ -301,15 +301,16 @@ class LoopThreadCollector:
         with self._lock:
             self._retire(lt)
 
-    def fold_detached(self, lt: LoopThread, component: object) -> None:
-        """A component of ``lt`` detached (a closed channel): keep its final counters."""
+    def fold_detached(self, lt: LoopThread, component: object, remove: Callable[[], None]) -> None:
+        """A component of ``lt`` detached (a closed channel): keep its final counters, and
+        let it go (``remove()``) under the same lock a scrape holds."""
         with self._lock:
             label = self._loops.get(lt)
-            if label is None:
-                return
-            final = _Samples()
-            _read_component(component, label, final)
-            self._retired.fold(final)
+            if label is not None:
+                final = _Samples()
+                _read_component(component, label, final)
+                self._retired.fold(final)
+            remove()
 
     def _retire(self, lt: LoopThread) -> None:
         label = self._loops.pop(lt, None)
@@ -363,10 +364,10 @@ class MetricsComponent(ComponentBase):
         collector = self._collector
         ref = self._lt
 
-        def fold(component: object) -> None:
+        def fold(component: object, remove: Callable[[], None]) -> None:
             owner = ref()
             if owner is not None:
-                collector.fold_detached(owner, component)
+                collector.fold_detached(owner, component, remove)
 
         lt.components.on_detach(fold)
 

@@ -278,7 +278,7 @@ class Channel(Producer[T]):
     async def on_stop(self, deadline: float) -> None:
         """The LoopThread's stop, drain phase: close, drain by ``deadline``, count the rest."""
         self._begin_close("loop_stopped")
-        await self._drain(deadline)
+        await self._drain(deadline, for_stop=True)
 
     def on_closed(self) -> int:
         """The loop is gone: count what is left, wake every waiter; return the unhandled."""

@@ -14,6 +14,7 @@ from loopthread._channel._base import (
     T,
     remaining,
 )
+from loopthread._core._shutdown import is_stop_cut
 
 if TYPE_CHECKING:
     pass
@@ -179,7 +180,7 @@ class Consumer(Accounting[T]):
             self._begin_close("loop_stopped")
             self._finalize()
 
-    async def _drain(self, deadline: float) -> int:
+    async def _drain(self, deadline: float, *, for_stop: bool = False) -> int:
         """On the loop: let the consumer drain until ``deadline``, then cancel it; return the
         number of accepted items that were not handled. Never raises CancelledError: a
         cancelled drain (stop() ran out of time) still returns its count."""
@@ -191,11 +192,21 @@ class Consumer(Accounting[T]):
         self._kick()
         task = self._task
         try:
-            if task is not None and not task.done():
-                await asyncio.wait({task}, timeout=remaining(deadline))
-                if not task.done():
-                    self._cancel_consumer(task)
-                    await asyncio.wait({task}, timeout=self._grace)
+            while True:
+                try:
+                    if task is not None and not task.done():
+                        await asyncio.wait({task}, timeout=remaining(deadline))
+                        if not task.done():
+                            self._cancel_consumer(task)
+                            await asyncio.wait({task}, timeout=self._grace)
+                    break
+                except asyncio.CancelledError as exc:
+                    me = asyncio.current_task()
+                    if not for_stop or is_stop_cut(exc) or me is None:
+                        raise
+                    # User code cancelled every task (stop()'s drain among them): the drain
+                    # is not theirs to cut; only stop()'s own deadline is.
+                    me.uncancel()
         except asyncio.CancelledError:
             # stop() ran out of time: cancel the consumer and report what is left anyway. It
             # gets its grace to count the handler call it was in (a partly handled batch);

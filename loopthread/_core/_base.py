@@ -47,6 +47,7 @@ class CoreBase:
     _pid: int
     _closed_components: bool
     _driving: bool
+    _stop_when_running: float  # a stop() that came while starting: its deadline
     _unhandled_at_close: int  # the loop thread runs the shutdown driver
     _sealed: list[Component]
     _thread: threading.Thread | None
@@ -171,6 +172,10 @@ class CoreBase:
             f"<LoopThread {self._name!r} {self._state.value} "
             f"in_flight={len(self._pending)} calls={self._calls_started}>"
         )
+
+    def _initiate_stop(self, deadline: float) -> State:
+        """Move to STOPPING and stop the loop (see ``Lifecycle``)."""
+        raise NotImplementedError
 
     def _not_running_message(self) -> str:
         state = self._state

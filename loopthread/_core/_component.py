@@ -92,7 +92,7 @@ class Components:
         self._keyed: dict[str, Component] = {}
         self._sealed = False
         self._refusal = ""
-        self._observers: list[Callable[[Component], None]] = []
+        self._observers: list[Callable[[Component, Callable[[], None]], None]] = []
 
     def attach(self, component: C) -> C:
         """Attach ``component``; return it.
@@ -101,6 +101,8 @@ class Components:
             LoopNotRunningError: the LoopThread began stopping (or is gone).
         """
         with self._lock:
+            if id(component) in self._items:
+                return component  # attached already: nothing to refuse
             if self._sealed:
                 raise LoopNotRunningError(self._refusal)
             self._items[id(component)] = component
@@ -124,19 +126,31 @@ class Components:
             return component
 
     def detach(self, component: Component) -> None:
-        """Detach ``component`` (idempotent); observers get it, for its final stats."""
-        with self._lock:
-            found = self._items.pop(id(component), None) is not None
-            observers = list(self._observers)
-        if found:
-            for observe in observers:
-                try:
-                    observe(component)
-                except Exception:  # noqa: BLE001 - an observer must not break a detach
-                    pass
+        """Detach ``component`` (idempotent); observers get it, for its final stats.
 
-    def on_detach(self, observer: Callable[[Component], None]) -> None:
-        """Call ``observer(component)`` whenever a component detaches."""
+        Each observer gets ``(component, remove)`` and calls ``remove()`` once it has taken
+        the final stats, under its own lock: a reader holding that lock (a metrics scrape)
+        then sees the component either live or folded, never neither nor both.
+        """
+        key = id(component)
+        with self._lock:
+            if key not in self._items:
+                return
+            observers = list(self._observers)
+
+        def remove() -> None:
+            with self._lock:
+                self._items.pop(key, None)
+
+        for observe in observers:
+            try:
+                observe(component, remove)
+            except Exception:  # noqa: BLE001 - an observer must not break a detach
+                pass
+        remove()
+
+    def on_detach(self, observer: Callable[[Component, Callable[[], None]], None]) -> None:
+        """Call ``observer(component, remove)`` whenever a component detaches."""
         with self._lock:
             self._observers.append(observer)
 

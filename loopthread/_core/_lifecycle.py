@@ -121,7 +121,12 @@ class Lifecycle(LoopThreadBody):
         if state is State.NEW:
             return self._report or ShutdownReport(finished=True)
         if state is State.STARTING:
-            # Let the start in progress finish, then stop it (once: no recursion).
+            # Let the start in progress finish, then stop it (once: no recursion). The request
+            # is recorded first: if the start outlasts this wait, the loop stops itself as soon
+            # as it runs instead of coming up for good.
+            with self._state_lock:
+                if self._state is State.STARTING:
+                    self._stop_when_running = min(self._stop_when_running, deadline)
             if not self._started.wait(wait_arg(remaining(deadline) + _STOP_FLOOR)):
                 return ShutdownReport(
                     finished=False, deadline_hit=True, duration=time.monotonic() - started
@@ -229,7 +234,10 @@ class Lifecycle(LoopThreadBody):
         return stuck, unhandled
 
     def begin_exit(self, deadline: float) -> None:
-        """Interpreter exit: ask to stop by ``deadline``."""
+        """Interpreter exit: ask to stop by ``deadline`` (a loop still starting, once it runs)."""
+        with self._state_lock:
+            if self._state is State.STARTING:
+                self._stop_when_running = min(self._stop_when_running, deadline)
         self._initiate_stop(deadline)
 
     def finish_exit(self, deadline: float) -> None:

@@ -95,6 +95,7 @@ class LoopThreadCore(Lifecycle):
         self._pid = os.getpid()
         self._closed_components = False
         self._driving = False
+        self._stop_when_running = INF
         self._unhandled_at_close = 0
         self._sealed: list[Component] = []  # the components stop() drives and closes
 

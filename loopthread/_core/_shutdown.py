@@ -33,10 +33,19 @@ from typing import Any
 from loopthread._core._component import Component
 from loopthread._util import INF, remaining
 
-__all__ = ["CLOSE_FLOOR", "Outcome", "drive_shutdown", "wait_on_loop"]
+__all__ = ["CLOSE_FLOOR", "STOP_CUT", "Outcome", "drive_shutdown", "is_stop_cut", "wait_on_loop"]
 
 #: The least each close (and each final wait) gets during stop(), even past the deadline.
 CLOSE_FLOOR = 0.05
+
+#: The message of the cancellations stop() itself makes when a phase runs out of time, so that
+#: a component can tell them from user code cancelling every task.
+STOP_CUT = "loopthread: stop() cut this phase at its deadline"
+
+
+def is_stop_cut(exc: BaseException) -> bool:
+    """True for a CancelledError that stop() raised at a phase's deadline."""
+    return isinstance(exc, asyncio.CancelledError) and STOP_CUT in exc.args
 
 
 class Outcome:
@@ -161,7 +170,7 @@ def drive_shutdown(
     for call in list(pending_calls()):
         cancel_call(call)
     for task in drains:
-        task.cancel()
+        task.cancel(STOP_CUT)
     cut_drains = [t for t in drains if not t.done()]
     if (cut or cut_drains) and not wait(cut + cut_drains, floor(cancel_deadline)):
         out.deadline_hit = True
@@ -174,15 +183,16 @@ def drive_shutdown(
             )
             if not wait([task], floor(deadline)):
                 out.deadline_hit = True
-                task.cancel()
+                task.cancel(STOP_CUT)
                 wait([task], floor(0.0))
 
     # 4. cancel what is left
     leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for task in leftovers:
         task.cancel()
-    if leftovers and not wait(leftovers, floor(min(deadline, time.monotonic() + grace))):
-        out.deadline_hit = True
+    by_grace = time.monotonic() + grace
+    if leftovers and not wait(leftovers, floor(min(deadline, by_grace))) and deadline <= by_grace:
+        out.deadline_hit = True  # cut by the deadline, not by cancel_grace
     stopped = set(cut) | set(leftovers)
     out.cancelled = sum(1 for t in stopped if t.done())
     out.abandoned = sum(1 for t in stopped if not t.done())

@@ -37,6 +37,10 @@ class LoopThreadBody(CallFacade):
             # this thread is not the LoopThread's any more and must not run a loop.
             if self._thread is not threading.current_thread():
                 return
+            # From the first line on: anything this thread logs while the loop is being made
+            # (asyncio logs "Using selector" at DEBUG) may reach a LoopHandler that asks for
+            # default(); it must be told "that is you", not wait for this very start.
+            self._thread_id = threading.get_ident()
         try:
             loop = self._loop_factory()
             if not isinstance(loop, asyncio.AbstractEventLoop):
@@ -49,6 +53,7 @@ class LoopThreadBody(CallFacade):
             asyncio.set_event_loop(loop)
         except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
             self._start_error = exc
+            self._thread_id = None
             with self._state_lock:
                 self._state = State.DEAD
                 self._death_reason = f"the loop could not be created: {describe(exc)}"
@@ -60,7 +65,6 @@ class LoopThreadBody(CallFacade):
             return
         self._loop = loop
         self._executor = executor
-        self._thread_id = threading.get_ident()
         self._loops_created += 1
         failures: list[tuple[str, str]] = []
         # First in line: what the components schedule below runs once the loop is RUNNING.
@@ -80,7 +84,10 @@ class LoopThreadBody(CallFacade):
     def _on_running(self, failures: list[tuple[str, str]]) -> None:
         with self._state_lock:
             self._state = State.RUNNING
+            stop_by = self._stop_when_running
         self._started.set()
+        if stop_by != INF:  # stop() (or exit) came while this loop was still starting
+            self._initiate_stop(stop_by)
         for name, error in failures:
             self._log_event(
                 "loop_thread.component_start_failed", level="error", component=name, error=error
@@ -134,10 +141,12 @@ class LoopThreadBody(CallFacade):
             from loopthread._core._shutdown import Outcome
 
             outcome = Outcome()
+        # Components first: the loop no longer runs, so the monitor stops watching it (joining
+        # the executor below is not a stalled loop iteration) and channels count what is left.
+        unhandled = self._close_components()
         grace = self._cancel_grace
         join = max(CLOSE_FLOOR, min(grace, remaining(deadline)))
         stuck = executor.shutdown_bounded(wait=True, cancel_futures=True, timeout=join)
-        unhandled = self._close_components()
         try:
             loop.close()
         except Exception:  # noqa: BLE001 - a loop that will not close is left to the GC

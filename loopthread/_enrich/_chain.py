@@ -283,7 +283,10 @@ class EnricherChain(ComponentBase):
             for slot in self._slots:
                 slot.breaker.release()  # a trial in flight on the old loop never reports
                 slot.disabled = False
-            lt.components.attach(self)
+            # A loop that is stopping refuses new components: the chain still enriches what it
+            # drains (its enrichers' shutdown() is then not owed by this stop).
+            with contextlib.suppress(LoopNotRunningError):
+                lt.components.attach(self)
         self._loop = loop
 
     # ------------------------------------------------------------------ as a component
