@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 # How long past its deadline stop() waits for the loop thread before declaring it stuck.
 _STOP_FLOOR = 0.25
+# How long a late stop() waits for the loop to answer a ping before calling it blocked.
+_PING = 0.15
 
 __all__ = ["Lifecycle"]
 
@@ -178,7 +180,9 @@ class Lifecycle(LoopThreadBody):
         except RuntimeError:  # the loop is closed already: its thread is finishing
             pass
 
-    def _wait_stopped(self, until: float, started: float) -> ShutdownReport:
+    def _wait_stopped(
+        self, until: float, started: float, *, exiting: bool = False
+    ) -> ShutdownReport:
         """Wait for the loop thread until ``until`` (this caller's deadline plus slack).
 
         The loop thread runs the shutdown by the deadline of the *first* ``stop()``; a later
@@ -196,6 +200,11 @@ class Lifecycle(LoopThreadBody):
             return ShutdownReport(
                 finished=False, deadline_hit=True, duration=time.monotonic() - started
             )
+        if not exiting and self._still_alive():
+            # Late but answering (starved of the GIL by busy threads, not blocked): finished.
+            return self._report or ShutdownReport(
+                finished=True, deadline_hit=True, duration=time.monotonic() - started
+            )
         # The loop thread did not finish in time: something blocks the loop (a coroutine that
         # calls time.sleep, a callback that never returns). Nothing may wait on it any longer.
         stuck, unhandled = self._abandon()
@@ -207,12 +216,33 @@ class Lifecycle(LoopThreadBody):
             duration=time.monotonic() - started,
         )
 
+    def _still_alive(self) -> bool:
+        """Past the due time: wait a little longer (at most 2 s) while the loop thread still
+        answers, so a loop starved of the GIL by busy threads is not taken for a blocked one.
+        True once it finished. A blocked loop costs one unanswered 0.15 s ping."""
+        cap = time.monotonic() + 2.0
+        loop = self._loop
+        while time.monotonic() < cap:
+            if loop is not None and not loop.is_closed():
+                answered = threading.Event()
+                try:
+                    loop.call_soon_threadsafe(answered.set)
+                except RuntimeError:  # closed meanwhile: the thread is closing up
+                    pass
+                else:
+                    if not answered.wait(_PING):
+                        return False  # the loop runs nothing: blocked
+            # Answering, or past the loop phases (closing up): give it a moment.
+            if self._stopped.wait(_PING):
+                return self._report is not None
+        return False
+
     def _shutdown_due(self) -> float:
         """When a healthy loop thread has finished the shutdown at the latest: its deadline,
         plus the floors its phases may add past it (each close component, the final waits),
         plus scheduling slack."""
         closers = sum(1 for c in self._sealed if c.stop_phase in ("close", "close_last"))
-        return self._stop_deadline + _STOP_FLOOR + CLOSE_FLOOR * (6 + 2 * closers)
+        return self._stop_deadline + _STOP_FLOOR + CLOSE_FLOOR * (2 + 2 * closers)
 
     def _abandon(self) -> tuple[int, int]:
         """Give up on a blocked loop: fail its callers, close its components (from this
@@ -250,7 +280,9 @@ class Lifecycle(LoopThreadBody):
             # The floors of the phases may add a little past the shared deadline; a second
             # at most, so the exit stays bounded whatever the components are.
             floor = deadline + _STOP_FLOOR
-            self._wait_stopped(max(floor, min(self._shutdown_due(), floor + 1.0)), time.monotonic())
+            self._wait_stopped(
+                max(floor, min(self._shutdown_due(), floor + 1.0)), time.monotonic(), exiting=True
+            )
 
     def after_fork_in_child(self) -> bool:
         """In a forked child: a NEW LoopThread stays usable; a started one is dead here."""
