@@ -142,7 +142,7 @@ class EventBus:
         self._overflow = check_choice(overflow, "overflow", OVERFLOW_POLICIES)
         self._lock = fork_safe_lock()
         self._name = f"event-bus-{next(_ids)}"  # one metrics series per bus
-        self._binding: Binding[Channel[Event]] = Binding(loop_thread, self._open_on, _is_open)
+        self._binding: Binding[Channel[Event]] = Binding(loop_thread, self._open_on)
         self._closed = False
         # Copy-on-write: on() replaces the dict, the loop reads whichever one is current.
         self._handlers: dict[str, tuple[Handler, ...]] = {}
@@ -325,7 +325,3 @@ class EventBus:
 
 
 _ids = itertools.count(1)
-
-
-def _is_open(channel: Channel[Any]) -> bool:
-    return not channel.closed

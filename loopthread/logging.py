@@ -159,7 +159,7 @@ class LoopHandler(logging.Handler):
             enrichers, check_timeout(enrich_timeout, "enrich_timeout"), loop_thread
         )
         self._binding: Binding[Channel[logging.LogRecord]] = Binding(
-            loop_thread, self._open_channel, _is_open
+            loop_thread, self._open_channel
         )
         self._last_channel: Channel[logging.LogRecord] | None = None  # for stats() after close
         self._errors = RateLimiter(10.0)
@@ -444,7 +444,3 @@ def _handler_by_name(name: str) -> logging.Handler | None:
 _default_formatter = logging.Formatter()
 _LogRecord = logging.LogRecord
 _new_record = object.__new__
-
-
-def _is_open(channel: Channel[Any]) -> bool:
-    return not channel.closed

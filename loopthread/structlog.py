@@ -182,7 +182,7 @@ class OffloadProcessor:
         )
         self._loop_thread = loop_thread
         self._options = channel_options
-        self._binding: Binding[Channel[_Item]] = Binding(loop_thread, self._open_channel, _is_open)
+        self._binding: Binding[Channel[_Item]] = Binding(loop_thread, self._open_channel)
         self._errors = RateLimiter(10.0)
         self._errors_lock = fork_safe_lock()
         self._offloaded = itertools.count()
@@ -391,7 +391,3 @@ def offload(
         "name": f"structlog.offload-{next(_offload_ids)}",
     }
     return OffloadProcessor(processors, sink, loop_thread, options)
-
-
-def _is_open(channel: Channel[Any]) -> bool:
-    return not channel.closed
