@@ -3,9 +3,10 @@ that follows ``loopthread.default()`` across fork, stop and death (log handlers,
 offload, the event bus).
 
 A :class:`Binding` opens its value (a channel: anything with ``closed``) on the LoopThread it
-was given, or on whatever ``default()`` is now, and opens it again when that loop is replaced. ``default()`` (which may
-start a loop and wait for it) is called before the lock is taken, never under it, so a log
-record emitted while a new default loop starts cannot deadlock against that start.
+was given, or on whatever ``default()`` is now, and opens it again when that loop is replaced.
+``default()`` (which may start a loop and wait for it) is called before the lock is taken,
+never under it, so a log record emitted while a new default loop starts cannot deadlock
+against that start.
 """
 
 from __future__ import annotations
