@@ -92,3 +92,39 @@ def describe(value: object) -> str:
         return repr(value)
     except Exception:  # noqa: BLE001 - the point is to never raise
         return f"<{type(value).__name__} object (repr() failed)>"
+
+
+class Latch:
+    """A one-shot "it happened" flag, waited on with a plain C lock.
+
+    ``threading.Event.wait`` goes through a stdlib ``Condition`` whose Python-level
+    ``_acquire_restore`` a signal can interrupt: the caller then gets ``RuntimeError: release
+    unlocked lock`` instead of its ``KeyboardInterrupt``, and the Event's lock may stay held.
+    A bare lock's ``acquire`` is one C call. Set from one thread (the one the waiters wait for).
+    """
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        """Mark it happened and wake every waiter (idempotent)."""
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        """True once :meth:`set` was called."""
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set or ``timeout`` (None: no limit); True if set."""
+        if self._set:
+            return True
+        if self._lock.acquire(True, lock_timeout(timeout)):
+            self._lock.release()  # for the next waiter
+            return True
+        return self._set

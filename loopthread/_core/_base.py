@@ -19,7 +19,7 @@ from loopthread._core._executor import LoopExecutor
 from loopthread._core._state import LoopStats, ShutdownReport, State
 from loopthread._exceptions import LoopNotRunningError
 from loopthread._log import logger
-from loopthread._util import Buckets
+from loopthread._util import Buckets, Latch
 
 T = TypeVar("T")
 
@@ -37,7 +37,7 @@ class CoreBase:
     _cancel_grace: float
     _state: State
     _state_lock: threading.Lock
-    _started: threading.Event
+    _started: Latch
     _stopped: threading.Event
     _start_error: BaseException | None
     _death_reason: str

@@ -17,7 +17,7 @@ from loopthread._core._shutdown import CLOSE_FLOOR
 from loopthread._core._state import ShutdownReport, State
 from loopthread._core._thread import LoopThreadBody
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError
-from loopthread._util import INF, describe, remaining, wait_arg
+from loopthread._util import INF, Latch, describe, remaining, wait_arg
 from loopthread._validate import check_timeout
 
 T = TypeVar("T")
@@ -100,7 +100,7 @@ class Lifecycle(LoopThreadBody):
             if self._state is State.STARTING and self._thread is thread:
                 self._state = State.NEW
                 self._thread = None
-                waiters, self._started = self._started, threading.Event()
+                waiters, self._started = self._started, Latch()
             else:
                 return
         waiters.set()
@@ -297,7 +297,7 @@ class Lifecycle(LoopThreadBody):
             return True
         self._stopped = threading.Event()
         self._stopped.set()
-        self._started = threading.Event()
+        self._started = Latch()
         self._started.set()
         if self._state is not State.STOPPED:
             self._state = State.DEAD

@@ -38,7 +38,7 @@ from loopthread._core._component import Component, Components
 from loopthread._core._executor import LoopExecutor
 from loopthread._core._lifecycle import Lifecycle
 from loopthread._core._state import ShutdownReport, State
-from loopthread._util import INF, Buckets
+from loopthread._util import INF, Buckets, Latch
 from loopthread._validate import check_positive_int, check_timeout
 
 T = TypeVar("T")
@@ -85,7 +85,7 @@ class LoopThreadCore(Lifecycle):
 
         self._state = State.NEW
         self._state_lock = threading.Lock()
-        self._started = threading.Event()
+        self._started = Latch()
         self._stopped = threading.Event()
         self._start_error: BaseException | None = None
         self._death_reason = ""
