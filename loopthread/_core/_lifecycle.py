@@ -69,8 +69,14 @@ class Lifecycle(LoopThreadBody):
             if thread is not None:
                 thread.start()
         except BaseException as exc:
+            signal_exc = _interrupt_behind(exc)
             if thread is not None:
-                self._start_interrupted(thread, exc)
+                self._start_interrupted(thread, signal_exc or exc)
+            if signal_exc is not None:
+                # A signal landed inside the stdlib's own wait in Thread.start() (its Event's
+                # Condition), which then failed to restore its lock: the caller gets the
+                # signal's exception it would have got, not "release unlocked lock".
+                raise signal_exc from None
             raise
         started.wait()
         if self._state is State.NEW:
@@ -316,3 +322,12 @@ class Lifecycle(LoopThreadBody):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _interrupt_behind(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt/SystemExit that a RuntimeError from an interrupted stdlib
+    Condition wait hides in its ``__context__``, if that is what ``exc`` is."""
+    context = exc.__context__
+    if isinstance(exc, RuntimeError) and isinstance(context, KeyboardInterrupt | SystemExit):
+        return context
+    return None
