@@ -368,19 +368,19 @@ class LoopMonitor:
             done = self._probe_done
             now = monotonic()
             outstanding = done != self._probe_sent
-            # An idle loop has no lag to measure: probe a loop that ran something besides the
-            # last probe, or is running something now (its iterations are counted in select).
-            active = (
-                not self._idle_aware or mark is not None or self._iterations > self._probe_iteration
-            )
+            # An idle loop has no lag to measure: probe only a loop that has run something
+            # besides the last probe (its iterations are counted in the wrapped select).
+            active = not self._idle_aware or self._iterations > self._probe_iteration
             if interval is not None and now >= next_probe and not outstanding and active:
                 if not self._send_probe(now):
                     return  # the loop is closed
                 next_probe = now + interval
                 outstanding = True
-            # Outstanding: wake for the probe or a stall; idle: parked until it leaves select.
-            waits = outstanding or interval is None or not active
-            until_probe = None if waits else next_probe - now
+            # While a probe is outstanding, the next one waits: wake for the probe or a stall.
+            # An idle loop: wait (parked) until it leaves select, however long that takes.
+            until_probe = (
+                None if outstanding or interval is None or not active else next_probe - now
+            )
 
             if self._mode == "select":
                 if mark is not None and mark is not reported:

@@ -174,7 +174,7 @@ def report(*, quick: bool = False) -> str:
     ]
     for name, make in cases:
         with make() as threads:  # type: ignore[attr-defined]
-            time.sleep(1.0)  # settle: the monitor's grace after activity and its one last probe
+            time.sleep(0.5)  # settle: the monitor's grace after activity, the one last probe
             wakeups, cpu = _measure(threads, seconds)
         rows.append([name, len(threads), f"{wakeups:.1f}", f"{cpu * 100:.2f}%"])
     return (
