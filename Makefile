@@ -39,7 +39,14 @@ soak: $(STAMP)
 # pyenv's build or pythonX.Y on PATH gets its own .venv-X.Y (rebuilt when pyproject.toml
 # changes). Prints which passed; fails if any failed. One interpreter: make test-all-pythons
 # PYTHONS=3.13. Extra pytest arguments: PYTEST_ARGS='tests/reliability -x'.
-PYTHONS ?= 3.11 3.12 3.13
+# 3.13t is the free-threaded build (GIL off), looked for as python3.13t on PATH or in
+# /opt/python3.13t (the `test` extra only: no uvloop, ruff or mypy there; hypothesis from its last pure-Python wheel: newer ones
+# compile a Rust part, which needs crates.io). To build it (~3 min on 2 cores): add a deb-src line for
+# Debian trixie, `apt-get source --download-only python3.13`, unpack the orig tarball, then
+# `./configure --disable-gil --prefix=/opt/python3.13t --with-ensurepip=install && make -j2
+# && make install` (build deps: build-essential libssl-dev zlib1g-dev libffi-dev
+# libsqlite3-dev libbz2-dev liblzma-dev libreadline-dev uuid-dev).
+PYTHONS ?= 3.11 3.12 3.13 3.13t
 PYTEST_ARGS ?=
 
 test-all-pythons:
@@ -47,12 +54,14 @@ test-all-pythons:
 	for ver in $(PYTHONS); do \
 	  py=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$ver*/bin/python$$ver 2>/dev/null | tail -n 1); \
 	  if [ -z "$$py" ] && python$$ver -c '' 2>/dev/null; then py=$$(command -v python$$ver); fi; \
+	  if [ -z "$$py" ] && [ -x /opt/python$$ver/bin/python$$ver ]; then py=/opt/python$$ver/bin/python$$ver; fi; \
+	  case $$ver in *t) extras=test; only=--only-binary=hypothesis;; *) extras=dev,uvloop; only=;; esac; \
 	  if [ -z "$$py" ]; then summary="$$summary\n  python$$ver: not found, skipped"; continue; fi; \
 	  venv=.venv-$$ver; \
 	  if [ ! -f $$venv/.installed ] || [ pyproject.toml -nt $$venv/.installed ]; then \
 	    echo "== building $$venv with $$py"; \
 	    { $$py -m venv $$venv && $$venv/bin/python -m pip install --quiet --upgrade pip \
-	      && $$venv/bin/python -m pip install --quiet -e '.[dev,uvloop]' && touch $$venv/.installed; } \
+	      && $$venv/bin/python -m pip install --quiet $$only -e ".[$$extras]" && touch $$venv/.installed; } \
 	    || { summary="$$summary\n  python$$ver: venv build FAILED"; status=1; continue; }; \
 	  fi; \
 	  full=$$($$venv/bin/python -c 'import platform; print(platform.python_version())'); \

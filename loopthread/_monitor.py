@@ -204,17 +204,16 @@ class LoopMonitor:
         self.lag: Buckets | None = Buckets(LAG_BUCKETS) if lag_interval is not None else None
         # Written by the loop thread only (the probe):
         self._probes = 0
-        self._lag_last = 0.0
-        self._lag_max = 0.0
+        self._lag_last = self._lag_max = 0.0
         self._probe_done = 0
         self._iterations = 0  # loop iterations begun (idle-aware only: counted in select)
-        self._probe_iteration = 0  # the iteration in which the last probe ran
+        self._probe_iteration = 0  # the last iteration known to have had no other work
+        self._ready: Any = (getattr(loop, "_ready", ()), getattr(loop, "_read_from_self", None))
         # Written by the monitor thread only:
         self._stalls = 0
         self._probe_sent = 0
         self._probe_sent_at = 0.0
         self._limiter = RateLimiter(10.0)
-
         self._mark: tuple[float] | None = None
         self._parked = False
         self._closed = False
@@ -295,8 +294,9 @@ class LoopMonitor:
         self._probes += 1
         self._lag_last = lag
         self._lag_max = max(self._lag_max, lag)
-        # Publish, then look at _parked: the same Dekker pair as the select wrapper's.
-        self._probe_iteration = self._iterations
+        # Publish, then look at _parked (the Dekker pair of the select wrapper). A callback
+        # queued behind the probe may block: then this iteration still counts as work.
+        self._probe_iteration = self._iterations - _other_work(*self._ready)
         self._probe_done = seq
         if self._parked:
             self._wake.set()
@@ -531,3 +531,12 @@ class MonitorComponent(ComponentBase):
     def after_fork_in_child(self) -> None:
         """The monitor thread is the parent's."""
         self.monitor = None
+
+
+def _other_work(ready: Any, self_read: Any) -> int:
+    """1 if the loop's ready queue holds a callback besides its self-pipe reader (which every
+    ``call_soon_threadsafe``, the probe's own included, queues), else 0."""
+    for handle in ready:
+        if getattr(handle, "_callback", None) != self_read:
+            return 1
+    return 0

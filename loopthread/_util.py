@@ -5,10 +5,12 @@ Nothing here knows a LoopThread; the core and every component import from here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,26 +97,35 @@ def describe(value: object) -> str:
 
 
 class Latch:
-    """A one-shot "it happened" flag, waited on with a plain C lock.
+    """A one-shot "it happened" flag whose setter never blocks, waited on with plain C locks.
 
-    ``threading.Event.wait`` goes through a stdlib ``Condition`` whose Python-level
-    ``_acquire_restore`` a signal can interrupt: the caller then gets ``RuntimeError: release
-    unlocked lock`` instead of its ``KeyboardInterrupt``, and the Event's lock may stay held.
-    A bare lock's ``acquire`` is one C call. Set from one thread (the one the waiters wait for).
+    ``threading.Event`` goes through a stdlib ``Condition`` whose ``__enter__`` is a Python
+    frame: a signal (Ctrl-C) in a waiting caller can raise after the lock was taken and before
+    the ``with`` block owns it, leaving it held, and then ``Event.set()`` in the thread the
+    caller waits for (the loop thread) blocks forever. Here each waiter blocks on its own fresh
+    lock and :meth:`set` only releases locks: an interrupted waiter can break nobody but itself.
+
+    Lost wake-ups: a waiter registers its lock, then looks at the flag; :meth:`set` raises the
+    flag, then releases what is registered. One of the two sees the other.
     """
 
-    __slots__ = ("_lock", "_set")
+    __slots__ = ("_set", "_waiters")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
         self._set = False
+        self._waiters: deque[threading.Lock] = deque()
 
     def set(self) -> None:
-        """Mark it happened and wake every waiter (idempotent)."""
-        if not self._set:
-            self._set = True
-            self._lock.release()
+        """Mark it happened and wake every waiter (idempotent, from any thread, never blocks)."""
+        self._set = True
+        waiters = self._waiters
+        while True:
+            try:
+                waiters.popleft().release()
+            except IndexError:
+                return
+            except RuntimeError:  # released already by a concurrent set()
+                continue
 
     def is_set(self) -> bool:
         """True once :meth:`set` was called."""
@@ -124,7 +135,29 @@ class Latch:
         """Block until set or ``timeout`` (None: no limit); True if set."""
         if self._set:
             return True
-        if self._lock.acquire(True, lock_timeout(timeout)):
-            self._lock.release()  # for the next waiter
-            return True
-        return self._set
+        waiter = threading.Lock()
+        waiter.acquire()
+        self._waiters.append(waiter)
+        try:
+            if self._set:
+                return True
+            waiter.acquire(True, lock_timeout(timeout))
+            return self._set
+        finally:
+            with contextlib.suppress(ValueError):  # set() took it already
+                self._waiters.remove(waiter)
+
+
+#: What the stdlib's ``threading`` raises when a signal interrupted a ``Condition`` between
+#: releasing its lock and the ``try`` that would take it back (a plain lock, an RLock).
+_LOCK_ERRORS = frozenset({"release unlocked lock", "cannot release un-acquired lock"})
+
+
+def interrupt_behind(exc: BaseException) -> BaseException | None:
+    """The exception a signal handler raised (KeyboardInterrupt, SystemExit, any other) that a
+    ``RuntimeError`` from an interrupted stdlib ``Condition`` wait hides in ``__context__``,
+    if that is what ``exc`` is; else None."""
+    context = exc.__context__
+    if type(exc) is RuntimeError and context is not None and str(exc) in _LOCK_ERRORS:
+        return context
+    return None

@@ -38,7 +38,7 @@ class CoreBase:
     _state: State
     _state_lock: threading.Lock
     _started: Latch
-    _stopped: threading.Event
+    _stopped: Latch
     _start_error: BaseException | None
     _death_reason: str
     _report: ShutdownReport | None

@@ -15,15 +15,24 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import os
+import queue
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, InvalidStateError
 from types import CoroutineType
 from typing import Any, Literal, TypeVar
 
-from loopthread._util import lock_timeout
+from loopthread._util import interrupt_behind, lock_timeout
 
-__all__ = ["BlockingCall", "Call", "CancelReason", "FutureCall", "close_if_unstarted"]
+__all__ = [
+    "BlockingCall",
+    "Call",
+    "CancelReason",
+    "FutureCall",
+    "SubmitFuture",
+    "close_if_unstarted",
+]
 
 T = TypeVar("T")
 
@@ -125,6 +134,29 @@ class FutureCall(Call):
         self.future = future
 
     def _wake(self) -> None:
+        # The loop thread never waits on a lock that a caller can leave held. Callers enter
+        # the future's Condition through Python-level code (result(), done(), and
+        # concurrent.futures.wait(), which acquires several in a loop), where a Ctrl-C can
+        # land after the lock was taken and before anything owns it: the lock then stays held
+        # for good. The same goes for the Event of every wait()/as_completed() waiting on the
+        # future, which set_result() sets. So the outcome is set here only if the future's
+        # lock is free at once and nobody waits through wait()/as_completed(); otherwise a
+        # completer thread sets it (if a lock never comes free, only this future is stuck).
+        future = self.future
+        lock = getattr(getattr(future, "_condition", None), "_lock", None)
+        if lock is None or not hasattr(lock, "acquire"):  # not CPython's Future: no choice
+            self._set_outcome()
+            return
+        if lock.acquire(False):
+            try:
+                if not getattr(future, "_waiters", None):
+                    self._set_outcome()  # re-enters the (reentrant) lock
+                    return
+            finally:
+                lock.release()
+        _COMPLETER.run(self._set_outcome)
+
+    def _set_outcome(self) -> None:
         # The future stays PENDING while the coroutine runs, so the user can still cancel() it;
         # if they did, setting the outcome is refused, and that is fine.
         error, self.error = self.error, None
@@ -138,6 +170,83 @@ class FutureCall(Call):
             pass
         finally:
             del error
+
+
+class _Completer:
+    """Threads that set the outcomes the loop thread must not wait to set (see
+    ``FutureCall._wake``): started when none is idle, idle ones blocked in ``get()`` (no
+    wake-ups), as many as ever were busy at once. A thread stuck on a lock that a caller left
+    held is lost, and the next job starts another."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's threads are gone
+                self._jobs, self._idle, self._pid = queue.SimpleQueue(), 0, os.getpid()
+            self._jobs.put(job)
+            if self._idle:
+                self._idle -= 1
+                return
+        try:
+            threading.Thread(
+                target=self._work, args=(self._jobs,), name="loopthread-completer", daemon=True
+            ).start()
+        except RuntimeError:  # no new threads at interpreter shutdown: do it here
+            with self._lock:
+                if self._jobs.empty():
+                    return
+            self._jobs.get()()
+
+    def _work(self, jobs: queue.SimpleQueue[Callable[[], None]]) -> None:
+        while True:
+            job = jobs.get()
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - a done-callback's fault is the stdlib's to log
+                pass
+            del job
+            with self._lock:
+                if jobs is not self._jobs:
+                    return
+                self._idle += 1
+
+
+_COMPLETER = _Completer()
+
+
+class SubmitFuture(Future[T]):
+    """The ``concurrent.futures.Future`` that ``lt.submit()`` returns.
+
+    A signal (Ctrl-C) that lands inside the stdlib's wait in :meth:`result` or
+    :meth:`exception`, between its Condition releasing the lock and the ``try`` that takes it
+    back, comes out as ``RuntimeError: cannot release un-acquired lock``; here the caller gets
+    the signal's own exception instead, as with ``lt.run()``.
+    """
+
+    def result(self, timeout: float | None = None) -> T:
+        try:
+            return super().result(timeout)
+        except RuntimeError as exc:
+            raise _signal_of(self, exc) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            return super().exception(timeout)
+        except RuntimeError as exc:
+            raise _signal_of(self, exc) from None
+
+
+def _signal_of(future: Future[Any], exc: RuntimeError) -> BaseException:
+    # The coroutine's own RuntimeError (stored in the future) is the caller's to see as is.
+    stored: object = getattr(future, "_exception", None)
+    if stored is exc:
+        return exc
+    return interrupt_behind(exc) or exc
 
 
 def close_if_unstarted(coro: Coroutine[Any, Any, Any] | None) -> bool:

@@ -67,8 +67,10 @@ class LoopExecutor(ThreadPoolExecutor):
         super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._workers: set[threading.Thread] = set()
-        # As the stdlib pool: a worker releases it when it goes idle; submit takes it.
-        self._idle_workers = threading.Semaphore(0)
+        # As the stdlib pool's idle semaphore, but a count under _lock: a Semaphore's
+        # Condition can be left held by a caller interrupted inside it (a Ctrl-C in
+        # Semaphore.acquire's Python-level `with`), and the loop thread submits here too.
+        self._idle = 0
         self._busy_count = 0
         self._closed = False
         self._lock = threading.Lock()
@@ -103,7 +105,8 @@ class LoopExecutor(ThreadPoolExecutor):
                     "stopped with its loop."
                 )
             self._jobs.put(job)
-            if self._idle_workers.acquire(timeout=0):
+            if self._idle:
+                self._idle -= 1
                 return future
             if len(self._workers) >= self._max_workers:
                 return future
@@ -138,6 +141,8 @@ class LoopExecutor(ThreadPoolExecutor):
     def _busy(self, delta: int) -> None:
         with self._lock:
             self._busy_count += delta
+            if delta < 0:
+                self._idle -= delta  # the worker goes back to waiting for a job
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new jobs and stop the workers (joined without a bound if ``wait``)."""
@@ -191,5 +196,4 @@ def _work(executor_ref: weakref.ref[LoopExecutor], jobs: queue.SimpleQueue[_Job 
         del job
         if executor is not None:
             executor._busy(-1)
-            executor._idle_workers.release()
         del executor

@@ -21,6 +21,7 @@ from loopthread._core._call import (
     Call,
     CancelReason,
     FutureCall,
+    SubmitFuture,
     gather,
     invoke,
     is_awaitable,
@@ -147,7 +148,7 @@ class CallFacade(CoreBase):
             if type(awaitable) is CoroutineType
             else as_coroutine(awaitable, "lt.submit", self._loop)
         )
-        future: Future[T] = Future()
+        future: Future[T] = SubmitFuture()
         call = FutureCall(coro, contextvars.copy_context(), future)
         self._enqueue_guarded(call, None)
 

@@ -17,7 +17,7 @@ from loopthread._core._shutdown import CLOSE_FLOOR
 from loopthread._core._state import ShutdownReport, State
 from loopthread._core._thread import LoopThreadBody
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError
-from loopthread._util import INF, Latch, describe, remaining, wait_arg
+from loopthread._util import INF, Latch, describe, interrupt_behind, remaining, wait_arg
 from loopthread._validate import check_timeout
 
 T = TypeVar("T")
@@ -69,7 +69,7 @@ class Lifecycle(LoopThreadBody):
             if thread is not None:
                 thread.start()
         except BaseException as exc:
-            signal_exc = _interrupt_behind(exc)
+            signal_exc = interrupt_behind(exc)
             if thread is not None:
                 self._start_interrupted(thread, signal_exc or exc)
             if signal_exc is not None:
@@ -230,7 +230,7 @@ class Lifecycle(LoopThreadBody):
         loop = self._loop
         while time.monotonic() < cap:
             if loop is not None and not loop.is_closed():
-                answered = threading.Event()
+                answered = Latch()
                 try:
                     loop.call_soon_threadsafe(answered.set)
                 except RuntimeError:  # closed meanwhile: the thread is closing up
@@ -301,7 +301,7 @@ class Lifecycle(LoopThreadBody):
         if self._state is State.NEW:
             self._pid = os.getpid()
             return True
-        self._stopped = threading.Event()
+        self._stopped = Latch()
         self._stopped.set()
         self._started = Latch()
         self._started.set()
@@ -322,12 +322,3 @@ class Lifecycle(LoopThreadBody):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _interrupt_behind(exc: BaseException) -> BaseException | None:
-    """The KeyboardInterrupt/SystemExit that a RuntimeError from an interrupted stdlib
-    Condition wait hides in its ``__context__``, if that is what ``exc`` is."""
-    context = exc.__context__
-    if isinstance(exc, RuntimeError) and isinstance(context, KeyboardInterrupt | SystemExit):
-        return context
-    return None

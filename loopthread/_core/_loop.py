@@ -86,7 +86,7 @@ class LoopThreadCore(Lifecycle):
         self._state = State.NEW
         self._state_lock = threading.Lock()
         self._started = Latch()
-        self._stopped = threading.Event()
+        self._stopped = Latch()
         self._start_error: BaseException | None = None
         self._death_reason = ""
         self._report: ShutdownReport | None = None
