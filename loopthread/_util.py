@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 import time
 from bisect import bisect_left
@@ -39,6 +40,31 @@ def lock_timeout(seconds: float | None) -> float:
     """Like :func:`wait_arg`, for ``Lock.acquire(True, timeout)``, where -1 means no limit."""
     value = wait_arg(seconds)
     return -1 if value is None else value
+
+
+#: True on a free-threaded build running with the GIL off (3.13t and later).
+FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+
+#: The longest the main thread sleeps in one ``Lock.acquire``. A signal that arrives just
+#: before a thread parks in ``acquire()`` does not wake it (CPython runs Python-level handlers
+#: between bytecodes, and interrupts a wait only on EINTR): Ctrl-C would wait for the wait to
+#: end. Rare with the GIL, often seen with it off, where the loop thread runs truly in
+#: parallel. Only the main thread runs signal handlers, so only it waits in slices.
+MAIN_SLICE = 0.05 if FREE_THREADED else 0.5
+
+
+def acquire(lock: threading.Lock, timeout: float | None) -> bool:
+    """``lock.acquire(True, timeout)`` (None or inf: no limit) that a signal cannot sleep
+    through in the main thread (see :data:`MAIN_SLICE`); True if acquired."""
+    if threading.current_thread() is not threading.main_thread():
+        return lock.acquire(True, lock_timeout(timeout))
+    deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
+    while True:
+        step = MAIN_SLICE if deadline is None else min(MAIN_SLICE, remaining(deadline))
+        if lock.acquire(True, step):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +167,7 @@ class Latch:
         try:
             if self._set:
                 return True
-            waiter.acquire(True, lock_timeout(timeout))
+            acquire(waiter, timeout)
             return self._set
         finally:
             with contextlib.suppress(ValueError):  # set() took it already

@@ -372,13 +372,13 @@ class MetricsComponent(ComponentBase):
         lt.components.on_detach(fold)
 
     def on_loop_start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Attach to the collector; a name clash is logged once the loop runs."""
+        """Attach to the collector; a name clash is logged before ``start()`` returns."""
         lt = self._lt() if self._lt is not None else None
         if lt is None:
             return
         self.label = label = self._collector.attach(lt)
         if label != lt.name:
-            loop.call_soon(_log_clash, lt.name, label)
+            _log_clash(lt.name, label)
 
     def on_closed(self) -> int:
         """Fold the final counts into the collector."""

@@ -18,12 +18,13 @@ import inspect
 import os
 import queue
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from types import CoroutineType
 from typing import Any, Literal, TypeVar
 
-from loopthread._util import interrupt_behind, lock_timeout
+from loopthread._util import MAIN_SLICE, acquire, interrupt_behind, remaining
 
 __all__ = [
     "BlockingCall",
@@ -117,9 +118,7 @@ class BlockingCall(Call):
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the outcome is in or ``timeout`` (None: no limit) expired."""
-        if timeout is None:  # the hot path (lt.run without timeout=): no helper call
-            return self.lock.acquire()
-        return self.lock.acquire(True, lock_timeout(timeout))
+        return acquire(self.lock, timeout)
 
 
 class FutureCall(Call):
@@ -229,16 +228,35 @@ class SubmitFuture(Future[T]):
     """
 
     def result(self, timeout: float | None = None) -> T:
+        timeout = self._wait_in_slices(timeout)
         try:
             return super().result(timeout)
         except RuntimeError as exc:
             raise _signal_of(self, exc) from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        timeout = self._wait_in_slices(timeout)
         try:
             return super().exception(timeout)
         except RuntimeError as exc:
             raise _signal_of(self, exc) from None
+
+    def _wait_in_slices(self, timeout: float | None) -> float | None:
+        # In the main thread, wait in slices so that a signal cannot be slept through (see
+        # loopthread._util.MAIN_SLICE); returns the timeout left for the final wait.
+        if threading.current_thread() is not threading.main_thread() or self.done():
+            return timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done() and (deadline is None or remaining(deadline) > MAIN_SLICE):
+            try:
+                super().exception(MAIN_SLICE)
+            except TimeoutError:
+                continue
+            except RuntimeError as exc:
+                raise _signal_of(self, exc) from None
+            except CancelledError:
+                break
+        return None if deadline is None else remaining(deadline)
 
 
 def _signal_of(future: Future[Any], exc: RuntimeError) -> BaseException:

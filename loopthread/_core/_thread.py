@@ -82,12 +82,8 @@ class LoopThreadBody(CallFacade):
         self._after_run_forever(loop, executor, crash)
 
     def _on_running(self, failures: list[tuple[str, str]]) -> None:
-        with self._state_lock:
-            self._state = State.RUNNING
-            stop_by = self._stop_when_running
-        self._started.set()
-        if stop_by != INF:  # stop() (or exit) came while this loop was still starting
-            self._initiate_stop(stop_by)
+        # Logged before start() returns, so that "started" always comes before anything the
+        # caller does next (its stop() logs "stopping" from its own thread).
         for name, error in failures:
             self._log_event(
                 "loop_thread.component_start_failed", level="error", component=name, error=error
@@ -95,6 +91,12 @@ class LoopThreadBody(CallFacade):
         self._log_event(
             "loop_thread.started", level="debug", thread=threading.current_thread().name
         )
+        with self._state_lock:
+            self._state = State.RUNNING
+            stop_by = self._stop_when_running
+        self._started.set()
+        if stop_by != INF:  # stop() (or exit) came while this loop was still starting
+            self._initiate_stop(stop_by)
 
     def _after_run_forever(
         self, loop: asyncio.AbstractEventLoop, executor: LoopExecutor, crash: BaseException | None
