@@ -8,7 +8,7 @@ private modules.
 
 from loopthread._blocking import blocking, run
 from loopthread._channel import Channel, ChannelStats
-from loopthread._default import default
+from loopthread._default import DefaultResource, configure_default, default, resource
 from loopthread._enrich import ChainStats, EnricherChain, EnricherStats, enricher
 from loopthread._eventbus import EventBus, EventBusStats, Reporter
 from loopthread._exceptions import (
@@ -28,6 +28,7 @@ __all__ = [
     "ChannelClosedError",
     "ChannelFullError",
     "ChannelStats",
+    "DefaultResource",
     "EnricherChain",
     "EnricherStats",
     "EventBus",
@@ -41,9 +42,11 @@ __all__ = [
     "ShutdownReport",
     "WouldDeadlockError",
     "blocking",
+    "configure_default",
     "default",
     "enricher",
     "install_signal_handlers",
+    "resource",
     "run",
 ]
 

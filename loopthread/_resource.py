@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -39,7 +40,7 @@ from loopthread._validate import close_awaitables
 if TYPE_CHECKING:
     from loopthread._loopthread import LoopThread
 
-__all__ = ["Resource"]
+__all__ = ["Resource", "check_resource_args"]
 
 T = TypeVar("T")
 
@@ -80,24 +81,7 @@ class Resource(Generic[T]):
         close: Callable[[T], Awaitable[object] | object] | None = None,
         name: str | None = None,
     ) -> None:
-        if not callable(factory):
-            close_awaitables([factory])
-            hint = (
-                " It is a coroutine: pass the async function itself, lt.resource(make_pool)."
-                if inspect.iscoroutine(factory)
-                else ""
-            )
-            raise TypeError(
-                "lt.resource() takes an async function that creates the value; got "
-                f"{type(factory).__name__}.{hint}"
-            )
-        if close is not None and not callable(close):
-            raise TypeError(
-                f"close must be a callable taking the value (e.g. an async function), or None "
-                f"to use the value's aclose()/close(); got {close!r}."
-            )
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"name must be a non-empty str or None; got {name!r}.")
+        check_resource_args(factory, close, name, "lt.resource()")
         self._lt = lt
         self._factory = factory
         self._close = close
@@ -128,6 +112,15 @@ class Resource(Generic[T]):
             BaseException: whatever the factory raised (the next ``get()`` tries again).
         """
         loop = asyncio.get_running_loop()
+        if self._lt.pid != os.getpid():
+            raise LoopThreadError(
+                f"Resource {self._name!r} belongs to LoopThread {self._lt.name!r} of process "
+                f"{self._lt.pid}; this is process {os.getpid()}, a forked child, where that "
+                "loop does not run and its value must not be used. Declare the resource with "
+                "loopthread.resource(make) instead: one value per process, created on that "
+                "process's default loop (or create the LoopThread and its resources in the "
+                "child)."
+            )
         if self._lt.state == "new" or loop is not self._lt.loop:
             raise LoopThreadError(
                 f"Resource {self._name!r} belongs to LoopThread {self._lt.name!r}; "
@@ -292,3 +285,27 @@ def _log(level: str, event: str, **fields: Any) -> None:
         getattr(logger, level)(event, **fields)
     except Exception:  # noqa: BLE001 - a broken log setup must not break the lifecycle
         pass
+
+
+def check_resource_args(
+    factory: object, close: object, name: object, api: str = "lt.resource()"
+) -> None:
+    """Raise TypeError, with the fix, for arguments that ``Resource`` (or ``api``) refuses."""
+    if not callable(factory):
+        close_awaitables([factory])
+        hint = (
+            f" It is a coroutine: pass the async function itself, {api[:-2]}(make_pool)."
+            if inspect.iscoroutine(factory)
+            else ""
+        )
+        raise TypeError(
+            f"{api} takes an async function that creates the value; got "
+            f"{type(factory).__name__}.{hint}"
+        )
+    if close is not None and not callable(close):
+        raise TypeError(
+            f"close must be a callable taking the value (e.g. an async function), or None "
+            f"to use the value's aclose()/close(); got {close!r}."
+        )
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name must be a non-empty str or None; got {name!r}.")

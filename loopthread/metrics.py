@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import os
 import threading
 import weakref
@@ -650,9 +651,16 @@ def serve(
     try:
         server, thread = start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
+        prefork = (
+            " Under a pre-fork server (gunicorn, multiprocessing) every worker exports its own"
+            " loop, so each needs a port of its own (e.g. a base port plus the worker's index),"
+            " or port=0 and its address logged."
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
         raise OSError(
             exc.errno,
             f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}. Pick another port, "
-            "or port=0 for a free one.",
+            f"or port=0 for a free one.{prefork}",
         ) from exc
     return MetricsServer(server, thread)

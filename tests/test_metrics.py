@@ -523,6 +523,8 @@ def test_serve_refuses_bad_ports(port: Any, error: type[Exception]) -> None:
 
 
 def test_serve_refuses_a_port_in_use(server: metrics.MetricsServer) -> None:
-    """A taken port raises OSError naming the address and suggesting port=0."""
-    with pytest.raises(OSError, match="port=0"):
+    """A taken port raises OSError naming the address, suggesting port=0 and saying what a
+    pre-fork server's workers need (one port each)."""
+    with pytest.raises(OSError, match="port=0") as caught:
         metrics.serve(server.port)
+    assert "each needs a port of its own" in str(caught.value)

@@ -21,7 +21,7 @@ ALLOWED: dict[str, tuple[int, str]] = {
         "its docstring carries the watchdog's ordering proof, which belongs beside the code",
     ),
     "loopthread/metrics.py": (
-        660,
+        680,
         "the public metrics module: the family table in its docstring, the collector and serve()",
     ),
     "loopthread/logging.py": (500, "LoopHandler and the dictConfig glue it needs, in one place"),

@@ -189,9 +189,11 @@ class CoreBase:
         if state is State.DEAD and self._pid != os.getpid():
             return (
                 f"LoopThread {self._name!r} was started in process {self._pid}, and its thread "
-                f"does not exist in this forked child (process {os.getpid()}). Use "
-                "loopthread.default() (replaced in the child) or create a new LoopThread in "
-                "the child."
+                f"does not exist in this forked child (process {os.getpid()}). Call "
+                "loopthread.default() (or loopthread.run()) where the work is done, not once "
+                "at import: the child gets its own default loop; declare values such as "
+                "connection pools with loopthread.resource(make). Or create a new LoopThread "
+                "in the child (e.g. in gunicorn's post_fork)."
             )
         return (
             f"LoopThread {self._name!r} is {state.value}{self._death_suffix()}: it takes no more "
