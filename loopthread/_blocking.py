@@ -61,21 +61,31 @@ def blocking(
         )
 
     def decorate(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
-        if not inspect.iscoroutinefunction(func):
-            name = getattr(func, "__qualname__", repr(func))
+        if not _is_async_callable(func):
+            name = getattr(func, "__qualname__", None) or type(func).__qualname__
+            if inspect.isasyncgenfunction(func):
+                advice = "it is an async generator function: iterate it in a coroutine"
+            elif not callable(func):
+                advice = f"it is not callable at all ({type(func).__name__})"
+            else:
+                advice = (
+                    "it is a plain function. If it returns a coroutine or other awaitable, run "
+                    f"that with loopthread.run({name}(...)) or make it `async def`; if it is "
+                    "synchronous, call it directly: it needs no wrapper"
+                )
             raise TypeError(
-                f"@loopthread.blocking wraps an `async def` function; {name} is not one. "
-                "A plain function needs no wrapper: call it directly."
+                f"@loopthread.blocking wraps an `async def` function (or an object whose "
+                f"__call__ is `async def`); {name} is not one: {advice}."
             )
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             lt = loop_thread if loop_thread is not None else default()
             if lt.in_loop_thread():
+                name = getattr(func, "__qualname__", type(func).__qualname__)
                 raise WouldDeadlockError(
-                    f"{func.__qualname__}() is a blocking wrapper and was called on the loop "
-                    f"thread; in async code await the original: "
-                    f"await {func.__qualname__}.__wrapped__(...)."
+                    f"{name}() is a blocking wrapper and was called on the loop thread; in "
+                    f"async code await the original: await {name}.__wrapped__(...)."
                 )
             return lt.run(func(*args, **kwargs), timeout=checked_timeout)
 
@@ -84,3 +94,11 @@ def blocking(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+def _is_async_callable(obj: object) -> bool:
+    """An ``async def`` function, a partial of one, or an object with an async ``__call__``."""
+    if inspect.iscoroutinefunction(obj):
+        return True
+    call = getattr(type(obj), "__call__", None)  # noqa: B004 - the method itself is asked about
+    return callable(obj) and not inspect.isfunction(obj) and inspect.iscoroutinefunction(call)

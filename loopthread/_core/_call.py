@@ -24,6 +24,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from types import CoroutineType
 from typing import Any, Literal, TypeVar
 
+from loopthread._exceptions import WouldDeadlockError
 from loopthread._util import MAIN_SLICE, acquire, interrupt_behind, remaining
 
 __all__ = [
@@ -132,6 +133,10 @@ class FutureCall(Call):
         super().__init__(coro, context)
         self.future = future
 
+    def future_cancelled(self) -> bool:
+        """True if the caller cancelled the future (read without its lock: see _wake)."""
+        return getattr(self.future, "_state", None) in ("CANCELLED", "CANCELLED_AND_NOTIFIED")
+
     def _wake(self) -> None:
         # The loop thread never waits on a lock that a caller can leave held. Callers enter
         # the future's Condition through Python-level code (result(), done(), and
@@ -227,7 +232,11 @@ class SubmitFuture(Future[T]):
     the signal's own exception instead, as with ``lt.run()``.
     """
 
+    #: The thread of the loop that sets this future: waiting for it there would deadlock.
+    loop_thread_id: int | None = None
+
     def result(self, timeout: float | None = None) -> T:
+        self._check_not_on_loop("result")
         timeout = self._wait_in_slices(timeout)
         try:
             return super().result(timeout)
@@ -235,11 +244,20 @@ class SubmitFuture(Future[T]):
             raise _signal_of(self, exc) from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._check_not_on_loop("exception")
         timeout = self._wait_in_slices(timeout)
         try:
             return super().exception(timeout)
         except RuntimeError as exc:
             raise _signal_of(self, exc) from None
+
+    def _check_not_on_loop(self, method: str) -> None:
+        if self.loop_thread_id == threading.get_ident() and not self.done():
+            raise WouldDeadlockError(
+                f"lt.submit(...).{method}() was called on the loop thread that runs the "
+                "coroutine; it would wait forever for itself. In a coroutine, await the "
+                "coroutine itself, or asyncio.wrap_future(future)."
+            )
 
     def _wait_in_slices(self, timeout: float | None) -> float | None:
         # In the main thread, wait in slices so that a signal cannot be slept through (see

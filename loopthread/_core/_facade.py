@@ -63,11 +63,7 @@ class CallFacade(CoreBase):
             if type(awaitable) is CoroutineType
             else as_coroutine(awaitable, "lt.run", self._loop)
         )
-        if timeout is not None:
-            timeout = self._checked_timeout(timeout, coro)
-        call = BlockingCall(coro, contextvars.copy_context())
-        self._enqueue_guarded(call, "lt.run")
-        return self._wait(call, timeout, "lt.run")  # type: ignore[no-any-return]
+        return self._run(coro, timeout, "lt.run")  # type: ignore[no-any-return]
 
     def call(
         self,
@@ -95,7 +91,7 @@ class CallFacade(CoreBase):
             raise TypeError(
                 f"lt.call() takes an async function; got {type(async_fn).__name__} {async_fn!r}."
             )
-        return self.run(invoke(async_fn, args, kwargs), timeout=timeout)
+        return self._run(invoke(async_fn, args, kwargs), timeout, "lt.call")  # type: ignore[no-any-return]
 
     def gather(
         self,
@@ -129,7 +125,7 @@ class CallFacade(CoreBase):
             outer.close()
             close_awaitables(coros)
             raise
-        call = BlockingCall(outer, contextvars.copy_context(), inner=coros)
+        call = BlockingCall(outer, _call_context(), inner=coros)
         self._enqueue_guarded(call, "lt.gather")
         return self._wait(call, timeout, "lt.gather")  # type: ignore[no-any-return]
 
@@ -137,7 +133,11 @@ class CallFacade(CoreBase):
         """Schedule ``awaitable`` on the loop and return a ``concurrent.futures.Future`` at once.
 
         Never blocks, not even while the loop is busy, and is safe from the loop thread.
-        Cancelling the returned future cancels the coroutine on the loop.
+        Cancelling the returned future cancels the coroutine on the loop: one cancelled before
+        the loop started it never runs (on every Python version); one already running gets
+        ``CancelledError`` at its current ``await`` (its ``finally`` runs).
+        ``concurrent.futures.wait()`` and ``as_completed()`` see the cancellation. Waiting on
+        the future from the loop's own thread raises ``WouldDeadlockError``.
 
         Raises:
             TypeError: ``awaitable`` is not awaitable.
@@ -148,23 +148,31 @@ class CallFacade(CoreBase):
             if type(awaitable) is CoroutineType
             else as_coroutine(awaitable, "lt.submit", self._loop)
         )
-        future: Future[T] = SubmitFuture()
-        call = FutureCall(coro, contextvars.copy_context(), future)
+        future: SubmitFuture[T] = SubmitFuture()
+        future.loop_thread_id = self._thread_id
+        call = FutureCall(coro, _call_context(), future)
         self._enqueue_guarded(call, None)
 
         def on_done(fut: Future[T]) -> None:
             if fut.cancelled():
+                # cancel() leaves a future CANCELLED; only set_running_or_notify_cancel() tells
+                # concurrent.futures.wait()/as_completed() waiting on it (anyio's #575).
+                fut.set_running_or_notify_cancel()
                 self._cancel_soon(call, "cancelled")
 
         future.add_done_callback(on_done)
         return future
 
-    def _checked_timeout(self, timeout: float, coro: Coroutine[Any, Any, Any]) -> float | None:
-        try:
-            return check_timeout(timeout)
-        except (TypeError, ValueError):
-            coro.close()
-            raise
+    def _run(self, coro: Coroutine[Any, Any, Any], timeout: float | None, api: str) -> Any:
+        if timeout is not None:
+            try:
+                timeout = check_timeout(timeout)
+            except (TypeError, ValueError):
+                coro.close()
+                raise
+        call = BlockingCall(coro, _call_context())
+        self._enqueue_guarded(call, api)
+        return self._wait(call, timeout, api)
 
     def _check_accepting(self, blocking_api: str | None) -> None:
         """Raise if a call made now would be refused (the state is checked again on enqueue)."""
@@ -266,6 +274,13 @@ class CallFacade(CoreBase):
             call = inbox.popleft()
             if call.done:  # cancelled before it started
                 continue
+            if isinstance(call, FutureCall) and call.future_cancelled():
+                # Cancelled before the loop took it up: it never runs, on every Python (3.12+
+                # would otherwise run it to its first await in the eager first step).
+                call.cancel_reason = "cancelled"
+                call.close_unstarted()
+                self._finish_failed(call, asyncio.CancelledError())
+                continue
             self._calls_started += 1
             call.task = self._new_task(self._execute(call), call.context)
 
@@ -340,3 +355,16 @@ class CallFacade(CoreBase):
 
     def _cancel_for_stop(self, call: Call) -> None:
         self._cancel_on_loop(call, "stop")
+
+
+def _call_context() -> contextvars.Context:
+    """The caller's context for a call, minus sniffio's "which async library runs me" marker:
+    a caller inside a trio (or anyio-on-trio) program must not make anyio or httpx code on
+    this asyncio loop think it runs under trio (anyio's #523)."""
+    context = contextvars.copy_context()
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None:
+        cvar = getattr(sniffio, "current_async_library_cvar", None)
+        if cvar is not None and context.get(cvar) is not None:
+            context.run(cvar.set, None)
+    return context

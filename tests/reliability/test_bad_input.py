@@ -689,7 +689,7 @@ BAD_INPUT: list[Case] = [
         "@blocking on a plain function",
         lambda lt: loopthread.blocking(print),
         TypeError,
-        "A plain function needs no wrapper: call it directly",
+        "if it is synchronous, call it directly: it needs no wrapper",
     ),
     Case(
         "@blocking(timeout=-1)",
