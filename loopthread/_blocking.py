@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from loopthread._default import default
 from loopthread._exceptions import WouldDeadlockError
@@ -26,24 +26,41 @@ def run(awaitable: Awaitable[T], /, *, timeout: float | None = None) -> T:
     return default().run(awaitable, timeout=timeout)
 
 
+class _Decorator(Protocol):
+    """What ``blocking(timeout=..., loop_thread=...)`` returns."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, T]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, AsyncIterator[T]], /) -> Callable[P, Iterator[T]]: ...
+
+
 @overload
 def blocking(fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, T]: ...  # pragma: no cover
 
 
 @overload
 def blocking(
+    fn: Callable[P, AsyncIterator[T]], /
+) -> Callable[P, Iterator[T]]: ...  # pragma: no cover
+
+
+@overload
+def blocking(
     *, timeout: float | None = None, loop_thread: LoopThread | None = None
-) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, T]]: ...  # pragma: no cover
+) -> _Decorator: ...  # pragma: no cover
 
 
 def blocking(
-    fn: Callable[P, Coroutine[Any, Any, T]] | None = None,
+    fn: Callable[..., Any] | None = None,
     /,
     *,
     timeout: float | None = None,
     loop_thread: LoopThread | None = None,
-) -> Callable[P, T] | Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, T]]:
-    """Turn an ``async def`` function into a plain blocking function.
+) -> Any:
+    """Turn an ``async def`` function into a plain blocking function (an ``async def``
+    generator function into one that returns a plain iterator: see ``LoopThread.iterate``).
 
     ``@blocking`` runs it on ``loopthread.default()``; ``@blocking(timeout=2, loop_thread=lt)``
     on ``lt`` with a timeout. The loop is looked up at call time, so decorating at import time
@@ -61,11 +78,11 @@ def blocking(
         )
 
     def decorate(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+        if inspect.isasyncgenfunction(func):
+            return _iterating(func, checked_timeout, loop_thread)  # type: ignore[return-value]
         if not _is_async_callable(func):
             name = getattr(func, "__qualname__", None) or type(func).__qualname__
-            if inspect.isasyncgenfunction(func):
-                advice = "it is an async generator function: iterate it in a coroutine"
-            elif not callable(func):
+            if not callable(func):
                 advice = f"it is not callable at all ({type(func).__name__})"
             else:
                 advice = (
@@ -102,3 +119,17 @@ def _is_async_callable(obj: object) -> bool:
         return True
     call = getattr(type(obj), "__call__", None)  # noqa: B004 - the method itself is asked about
     return callable(obj) and not inspect.isfunction(obj) and inspect.iscoroutinefunction(call)
+
+
+def _iterating(
+    func: Callable[..., AsyncIterator[Any]], timeout: float | None, loop_thread: LoopThread | None
+) -> Callable[..., Iterator[Any]]:
+    """``@blocking`` on an ``async def`` generator function: a function returning a plain
+    iterator (``lt.iterate``; ``timeout`` bounds the wait for each item)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        lt = loop_thread if loop_thread is not None else default()
+        return lt.iterate(func(*args, **kwargs), timeout=timeout)
+
+    return wrapper

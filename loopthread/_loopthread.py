@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from loopthread._core._loop import LoopThreadCore
@@ -142,6 +144,68 @@ class LoopThread(LoopThreadCore):
         return Channel(
             self, handler, maxsize=maxsize, overflow=overflow, batch_size=batch_size, name=name
         )
+
+    def run_sync(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None) -> T:
+        """Call the plain function ``fn(*args)`` on the loop thread and return its result.
+
+        For loop-affine objects (``asyncio.Event.set``, a transport's ``write``). On the loop
+        thread itself ``fn`` is called at once. See :meth:`run` for timeouts and errors.
+        """
+        from loopthread._bridge import run_sync
+
+        return run_sync(self, fn, args, timeout)
+
+    def call_soon(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        """Schedule ``fn(*args)`` on the loop thread; return a ``concurrent.futures.Future`` of
+        its result at once (never blocks, also from the loop thread)."""
+        from loopthread._bridge import call_soon
+
+        return call_soon(self, fn, args)
+
+    async def arun(self, awaitable: Awaitable[T], /) -> T:
+        """``await lt.arun(coro)`` from code running on *another* event loop (an ASGI app,
+        Jupyter): runs ``coro`` on this loop. Cancelling the caller cancels ``coro`` here and
+        waits for its cleanup (at most ``cancel_grace``).
+
+        Raises:
+            LoopThreadError: awaited on this LoopThread's own loop (await ``coro`` directly).
+            See :meth:`run` for the rest.
+        """
+        from loopthread._bridge import arun
+
+        return await arun(self, awaitable)
+
+    def enter(self, cm: AbstractAsyncContextManager[T], /) -> AbstractContextManager[T]:
+        """``with lt.enter(async_cm) as value:``: an async context manager used from sync code.
+
+        ``__aenter__`` and ``__aexit__`` run on the loop in one task; the block's exception
+        reaches ``__aexit__`` as it is, and its return value decides suppression.
+
+        Raises:
+            TypeError: ``cm`` is not an async context manager.
+        """
+        from loopthread._bridge import EnteredContext
+
+        return EnteredContext(self, cm)
+
+    def iterate(
+        self, source: AsyncIterable[T], /, *, timeout: float | None = None, read_ahead: int = 64
+    ) -> Iterator[T]:
+        """``for item in lt.iterate(agen):``: an async iterable read on the loop, from sync code.
+
+        Items are read ahead on the loop (at most ``read_ahead`` beyond the batch being
+        iterated) and handed over in batches: one wake-up per batch, not per item. Exhausting
+        it, ``break``, ``close()``, garbage collection, a ``timeout``
+        (seconds to wait for the next item: ``TimeoutError``) or Ctrl-C all end the reading
+        and ``aclose()`` the source on the loop (its ``finally`` runs) before going on.
+
+        Raises:
+            TypeError: ``source`` is not an async iterable.
+            WouldDeadlockError: called on the loop thread (use ``async for`` there).
+        """
+        from loopthread._bridge import iterate
+
+        return iterate(self, source, timeout, read_ahead)
 
     def resource(
         self,

@@ -174,6 +174,8 @@ class FutureCall(Call):
             pass
         finally:
             del error
+            if isinstance(self.future, SubmitFuture):
+                self.future.ended()
 
 
 class _Completer:
@@ -234,6 +236,23 @@ class SubmitFuture(Future[T]):
 
     #: The thread of the loop that sets this future: waiting for it there would deadlock.
     loop_thread_id: int | None = None
+    _ended = False
+    _when_ended: list[Callable[[], None]] | None = None
+
+    def when_ended(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (from any thread) once the coroutine is over, its cleanup
+        included, even if the future was cancelled long before (at once if it is over)."""
+        if self._when_ended is None:
+            self._when_ended = []
+        self._when_ended.append(callback)
+        if self._ended:
+            callback()
+
+    def ended(self) -> None:
+        """The coroutine is over (or will never run): run the ``when_ended`` callbacks."""
+        self._ended = True
+        for callback in self._when_ended or ():
+            callback()
 
     def result(self, timeout: float | None = None) -> T:
         self._check_not_on_loop("result")

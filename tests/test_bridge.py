@@ -1,0 +1,312 @@
+"""The rest of the facade (issue "The whole facade"): plain callables on the loop thread
+(``run_sync``, ``call_soon``), callers on another loop (``arun``), async context managers
+(``enter``) and async iterators (``iterate``), through the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from loopthread import LoopThread, LoopThreadError, WouldDeadlockError
+
+# ---------------------------------------------------------------------- run_sync / call_soon
+
+
+def test_run_sync_calls_a_plain_function_on_the_loop_thread(lt: LoopThread) -> None:
+    def where(x: int) -> tuple[bool, int]:
+        return lt.in_loop_thread(), x + 1
+
+    assert lt.run_sync(where, 1) == (True, 2)
+
+
+def test_run_sync_sets_a_loop_affine_event(lt: LoopThread) -> None:
+    event: asyncio.Event = lt.run(_make_event(), timeout=5)
+    waiter = lt.submit(event.wait())
+    lt.run_sync(event.set)
+    assert waiter.result(timeout=5) is True
+
+
+async def _make_event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+def test_run_sync_raises_what_the_function_raised(lt: LoopThread) -> None:
+    def boom() -> None:
+        raise KeyError("nope")
+
+    with pytest.raises(KeyError, match="nope"):
+        lt.run_sync(boom)
+
+
+def test_run_sync_on_the_loop_thread_calls_at_once(lt: LoopThread) -> None:
+    async def inner() -> int:
+        return lt.run_sync(lambda: 7)
+
+    assert lt.run(inner(), timeout=5) == 7
+
+
+def test_call_soon_returns_a_future_of_the_result(lt: LoopThread) -> None:
+    assert lt.call_soon(lambda a, b: a * b, 6, 7).result(timeout=5) == 42
+    with pytest.raises(TypeError, match="plain callable"):
+        lt.call_soon(3)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- arun
+
+
+def test_arun_from_another_loop(lt: LoopThread) -> None:
+    async def on_lt() -> tuple[bool, str]:
+        return lt.in_loop_thread(), "done"
+
+    async def caller() -> tuple[bool, str]:
+        return await lt.arun(on_lt())
+
+    assert asyncio.run(caller()) == (True, "done")
+
+
+def test_cancelling_an_arun_caller_cancels_the_work_and_waits_for_its_cleanup(
+    lt: LoopThread,
+) -> None:
+    started = threading.Event()
+    cleaned: list[str] = []
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)  # cleanup that takes a moment, on lt's loop
+            cleaned.append("cleaned")
+
+    async def caller() -> str:
+        task = asyncio.ensure_future(lt.arun(work()))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return "cleaned" if cleaned else "not yet"
+
+    assert asyncio.run(caller()) == "cleaned"
+
+
+def test_arun_on_its_own_loop_says_to_await_directly(lt: LoopThread) -> None:
+    async def inner() -> str:
+        try:
+            await lt.arun(asyncio.sleep(0))
+        except LoopThreadError as exc:
+            return str(exc)
+        return "no error"
+
+    assert "await the coroutine directly" in lt.run(inner(), timeout=5)
+
+
+# ---------------------------------------------------------------------- enter
+
+
+class Recorder:
+    """An async context manager that records what happened, in which task."""
+
+    def __init__(self, suppress: bool = False) -> None:
+        self.events: list[Any] = []
+        self.suppress = suppress
+        self.tasks: list[asyncio.Task[Any] | None] = []
+
+    async def __aenter__(self) -> str:
+        self.tasks.append(asyncio.current_task())
+        self.events.append("enter")
+        return "value"
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self.tasks.append(asyncio.current_task())
+        self.events.append(("exit", exc_type, exc))
+        return self.suppress
+
+
+def test_enter_runs_aenter_and_aexit_in_one_task_on_the_loop(lt: LoopThread) -> None:
+    cm = Recorder()
+    with lt.enter(cm) as value:
+        assert value == "value"
+        assert cm.events == ["enter"]
+    assert cm.events == ["enter", ("exit", None, None)]
+    assert cm.tasks[0] is cm.tasks[1] is not None
+
+
+def test_enter_passes_the_exception_as_it_is_and_respects_suppression(lt: LoopThread) -> None:
+    error = ValueError("in the block")
+    cm = Recorder()
+    with pytest.raises(ValueError, match="in the block") as raised, lt.enter(cm):
+        raise error
+    assert raised.value is error
+    assert cm.events[1] == ("exit", ValueError, error)
+    quiet = Recorder(suppress=True)
+    with lt.enter(quiet):
+        raise error
+    assert quiet.events[1] == ("exit", ValueError, error)
+
+
+def test_enter_with_a_failing_aenter_raises_and_never_exits(lt: LoopThread) -> None:
+    class Failing:
+        exited = False
+
+        async def __aenter__(self) -> None:
+            raise OSError("cannot connect")
+
+        async def __aexit__(self, *exc: object) -> None:
+            Failing.exited = True
+
+    with pytest.raises(OSError, match="cannot connect"), lt.enter(Failing()):
+        pass
+    assert not Failing.exited
+
+
+def test_enter_refuses_what_is_not_an_async_context_manager(lt: LoopThread) -> None:
+    with pytest.raises(TypeError, match="async context manager"):
+        lt.enter(object())  # type: ignore[arg-type]
+
+
+def test_enter_works_with_contextlib_asynccontextmanager_and_contextvars(
+    lt: LoopThread,
+) -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def scoped() -> AsyncIterator[str]:
+        token = var.set("inside")
+        try:
+            yield "ok"
+        finally:
+            seen.append(var.get())  # the same task: the var set on enter is still there
+            var.reset(token)
+
+    with lt.enter(scoped()) as value:
+        assert value == "ok"
+    assert seen == ["inside"]
+
+
+# ---------------------------------------------------------------------- iterate
+
+
+def counting(n: int, log: list[str]) -> AsyncIterator[int]:
+    async def gen() -> AsyncIterator[int]:
+        try:
+            for i in range(n):
+                await asyncio.sleep(0)
+                yield i
+        finally:
+            log.append("finally")
+
+    return gen()
+
+
+@pytest.mark.parametrize("read_ahead", [1, 3, 64])
+def test_iterate_yields_every_item_in_order(lt: LoopThread, read_ahead: int) -> None:
+    log: list[str] = []
+    assert list(lt.iterate(counting(200, log), read_ahead=read_ahead)) == list(range(200))
+    assert log == ["finally"]
+
+
+def test_breaking_out_of_iterate_acloses_the_generator_on_the_loop(lt: LoopThread) -> None:
+    log: list[str] = []
+    for item in lt.iterate(counting(10_000, log)):
+        if item == 5:
+            break
+    # The loop's finally has run by the time the for loop is left (CPython closes the
+    # generator as its last reference goes).
+    gc.collect()
+    assert log == ["finally"]
+
+
+def test_closing_iterate_acloses_the_generator(lt: LoopThread) -> None:
+    log: list[str] = []
+    items = lt.iterate(counting(10_000, log))
+    assert next(items) == 0
+    items.close()  # type: ignore[attr-defined]
+    assert log == ["finally"]
+
+
+def test_iterate_times_out_and_acloses(lt: LoopThread) -> None:
+    log: list[str] = []
+
+    async def slow() -> AsyncIterator[int]:
+        try:
+            yield 1
+            await asyncio.Event().wait()
+            yield 2
+        finally:
+            log.append("finally")
+
+    got: list[int] = []
+    with pytest.raises(TimeoutError, match="no item within"):
+        got.extend(lt.iterate(slow(), timeout=0.2))
+    assert got == [1]
+    assert log == ["finally"]
+
+
+def test_iterate_raises_what_the_source_raised_after_its_items(lt: LoopThread) -> None:
+    async def failing() -> AsyncIterator[int]:
+        yield 1
+        raise RuntimeError("source broke")
+
+    got: list[int] = []
+    with pytest.raises(RuntimeError, match="source broke"):
+        got.extend(lt.iterate(failing()))
+    assert got == [1]
+
+
+def test_iterate_refuses_bad_input_and_the_loop_thread(lt: LoopThread) -> None:
+    with pytest.raises(TypeError, match="async iterable"):
+        lt.iterate([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="read_ahead"):
+        lt.iterate(counting(1, []), read_ahead=0)
+
+    async def inner() -> str:
+        try:
+            lt.iterate(counting(1, []))
+        except WouldDeadlockError as exc:
+            return str(exc)
+        return "no error"
+
+    assert "async for" in lt.run(inner(), timeout=5)
+
+
+def test_read_ahead_is_bounded(lt: LoopThread) -> None:
+    produced: list[int] = []
+
+    async def gen() -> AsyncIterator[int]:
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    items = lt.iterate(gen(), read_ahead=4)
+    assert next(items) == 0
+    # Let the pump run as far as it may: it stops when 4 items wait unread behind the batch
+    # in hand (at most 4 itself), with one more being read.
+    lt.run(asyncio.sleep(0.05), timeout=5)
+    assert len(produced) <= 4 + 4 + 1
+    assert list(items) == list(range(1, 1000))
+
+
+def test_blocking_on_an_async_generator_function_gives_a_plain_iterator(lt: LoopThread) -> None:
+    from loopthread import blocking
+
+    log: list[str] = []
+
+    @blocking(loop_thread=lt)
+    async def numbers(n: int) -> AsyncIterator[int]:
+        try:
+            for i in range(n):
+                yield i * i
+        finally:
+            log.append("finally")
+
+    assert list(numbers(5)) == [0, 1, 4, 9, 16]
+    assert log == ["finally"]
