@@ -12,6 +12,7 @@ from loopthread._default import DefaultResource, configure_default, default, res
 from loopthread._enrich import ChainStats, EnricherChain, EnricherStats, enricher
 from loopthread._eventbus import EventBus, EventBusStats, Reporter
 from loopthread._exceptions import (
+    BlockingInLoopWarning,
     ChannelClosedError,
     ChannelFullError,
     LoopNotRunningError,
@@ -23,6 +24,7 @@ from loopthread._resource import Resource
 from loopthread._signals import install_signal_handlers
 
 __all__ = [
+    "BlockingInLoopWarning",
     "ChainStats",
     "Channel",
     "ChannelClosedError",

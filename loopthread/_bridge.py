@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from loopthread._core._call import SubmitFuture
+from loopthread._core._component import ComponentBase, StopPhase
 from loopthread._exceptions import LoopThreadError, WouldDeadlockError
 from loopthread._util import Latch, remaining
 from loopthread._validate import check_timeout, close_awaitables
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
     from loopthread._loopthread import LoopThread
 
-__all__ = ["EnteredContext", "arun", "call_soon", "iterate", "run_sync"]
+__all__ = ["EnteredContext", "OnStop", "arun", "call_soon", "iterate", "run_sync"]
 
 T = TypeVar("T")
 
@@ -319,3 +320,30 @@ def _iterate(lt: LoopThread, pump: _Pump[T], timeout: float | None) -> Iterator[
         if isinstance(task, SubmitFuture):
             task.when_ended(over.set)
             over.wait(lt.cancel_grace)
+
+
+class OnStop(ComponentBase):
+    """``lt.on_stop(async_fn)``: ``await async_fn()`` on the loop when ``lt`` stops, in the
+    ``"close"`` phase (after channels drained and calls finished or were cancelled, while the
+    loop's other tasks still run, before resources close), bounded by the stop deadline."""
+
+    stop_phase: StopPhase = "close"
+
+    def __init__(self, fn: Callable[[], Awaitable[object]]) -> None:
+        if not callable(fn):
+            close_awaitables([fn])
+            raise TypeError(
+                "lt.on_stop() takes an async function of no arguments (it is called at stop); "
+                f"got {type(fn).__name__} {fn!r}."
+            )
+        self._fn = fn
+
+    @property
+    def name(self) -> str:
+        return f"on-stop:{getattr(self._fn, '__qualname__', type(self._fn).__qualname__)}"
+
+    async def on_stop(self, deadline: float) -> None:
+        await self._fn()
+
+    def stats(self) -> None:
+        return None

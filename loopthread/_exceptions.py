@@ -7,6 +7,7 @@ message says what to do instead.  Timeouts are the builtin :class:`TimeoutError`
 from __future__ import annotations
 
 __all__ = [
+    "BlockingInLoopWarning",
     "ChannelClosedError",
     "ChannelFullError",
     "LoopNotRunningError",
@@ -36,3 +37,14 @@ class ChannelFullError(LoopThreadError):
 
 class ChannelClosedError(LoopThreadError):
     """``put`` on a channel that was closed (or whose loop thread stopped)."""
+
+
+class BlockingInLoopWarning(RuntimeWarning):
+    """A blocking call (``lt.run`` and friends) was made from a thread whose own event loop is
+    running (Jupyter, an ASGI app, code under ``nest_asyncio``): it works, but that loop stands
+    still until the call returns. In async code use ``await lt.arun(coro)``.
+
+    Shown once per call site (Python's default for warnings). Make it an error with
+    ``warnings.filterwarnings("error", category=loopthread.BlockingInLoopWarning)``, or allow it
+    with ``"ignore"``.
+    """

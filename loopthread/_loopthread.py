@@ -145,6 +145,22 @@ class LoopThread(LoopThreadCore):
             self, handler, maxsize=maxsize, overflow=overflow, batch_size=batch_size, name=name
         )
 
+    def on_stop(self, fn: Callable[[], Awaitable[object]], /) -> Callable[[], Awaitable[object]]:
+        """Run ``await fn()`` on the loop when this LoopThread stops; usable as a decorator.
+
+        Hooks run newest first, after channels drained and calls finished (or were cancelled)
+        and before resources are closed, while the loop's other tasks still run; each within
+        the stop deadline (cut short past it; an exception is logged, the others still run).
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            LoopNotRunningError: the LoopThread began stopping.
+        """
+        from loopthread._bridge import OnStop
+
+        self.components.attach(OnStop(fn))
+        return fn
+
     def run_sync(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None) -> T:
         """Call the plain function ``fn(*args)`` on the loop thread and return its result.
 

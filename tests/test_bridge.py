@@ -310,3 +310,85 @@ def test_blocking_on_an_async_generator_function_gives_a_plain_iterator(lt: Loop
 
     assert list(numbers(5)) == [0, 1, 4, 9, 16]
     assert log == ["finally"]
+
+
+# ---------------------------------------------------------------------- a blocking call in a loop
+
+
+def test_a_blocking_call_from_a_running_loop_warns_once_per_call_site(lt: LoopThread) -> None:
+    import warnings
+
+    from loopthread import BlockingInLoopWarning
+
+    async def jupyter_cell() -> list[int]:
+        return [lt.run(asyncio.sleep(0, i), timeout=5) for i in range(3)]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        assert asyncio.run(jupyter_cell()) == [0, 1, 2]
+    ours = [w for w in caught if issubclass(w.category, BlockingInLoopWarning)]
+    assert len(ours) == 1  # three calls, one call site
+    assert ours[0].filename == __file__
+    assert "await lt.arun(coro)" in str(ours[0].message)
+
+    async def strict() -> None:
+        lt.run(asyncio.sleep(0), timeout=5)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BlockingInLoopWarning)
+        with pytest.raises(BlockingInLoopWarning):
+            asyncio.run(strict())
+
+
+def test_a_blocking_call_outside_any_loop_does_not_warn(lt: LoopThread) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lt.run(asyncio.sleep(0, "quiet"), timeout=5) == "quiet"
+
+
+# ---------------------------------------------------------------------- named tasks, on_stop
+
+
+def test_calls_run_in_tasks_named_after_the_loop_and_the_coroutine(lt: LoopThread) -> None:
+    async def fetch_user() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        return task.get_name()
+
+    assert lt.run(fetch_user(), timeout=5) == (
+        "loopthread:test-loop:test_calls_run_in_tasks_named_after_the_loop_and_the_coroutine"
+        ".<locals>.fetch_user"
+    )
+
+
+def test_on_stop_hooks_run_newest_first_before_resources_close() -> None:
+    order: list[str] = []
+
+    class Pool:
+        async def aclose(self) -> None:
+            order.append("resource closed")
+
+    async def make_pool() -> Pool:
+        return Pool()
+
+    lt = LoopThread("hooks", metrics_registry=None).start()
+    pool = lt.resource(make_pool)
+    lt.run(pool.get(), timeout=5)
+
+    @lt.on_stop
+    async def first() -> None:
+        await asyncio.sleep(0)
+        order.append("first")
+
+    @lt.on_stop
+    async def second() -> None:
+        order.append("second")
+        raise RuntimeError("a faulty hook does not stop the others")
+
+    report = lt.stop(timeout=5)
+    assert report.finished
+    assert order == ["second", "first", "resource closed"]
+    with pytest.raises(TypeError, match="async function"):
+        LoopThread("x", metrics_registry=None).on_stop(3)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import contextvars
 import sys
 import threading
 import time
+from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from types import CoroutineType
@@ -26,8 +27,13 @@ from loopthread._core._call import (
     invoke,
     is_awaitable,
 )
+from loopthread._core._guards import call_context, warn_if_in_a_loop
 from loopthread._core._state import State
-from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
+from loopthread._exceptions import (
+    LoopNotRunningError,
+    LoopThreadError,
+    WouldDeadlockError,
+)
 from loopthread._validate import as_coroutine, check_timeout, close_awaitables
 
 T = TypeVar("T")
@@ -125,7 +131,7 @@ class CallFacade(CoreBase):
             outer.close()
             close_awaitables(coros)
             raise
-        call = BlockingCall(outer, _call_context(), inner=coros)
+        call = BlockingCall(outer, call_context(), inner=coros)
         self._enqueue_guarded(call, "lt.gather")
         return self._wait(call, timeout, "lt.gather")  # type: ignore[no-any-return]
 
@@ -150,7 +156,7 @@ class CallFacade(CoreBase):
         )
         future: SubmitFuture[T] = SubmitFuture()
         future.loop_thread_id = self._thread_id
-        call = FutureCall(coro, _call_context(), future)
+        call = FutureCall(coro, call_context(), future)
         self._enqueue_guarded(call, None)
 
         def on_done(fut: Future[T]) -> None:
@@ -170,7 +176,7 @@ class CallFacade(CoreBase):
             except (TypeError, ValueError):
                 coro.close()
                 raise
-        call = BlockingCall(coro, _call_context())
+        call = BlockingCall(coro, call_context())
         self._enqueue_guarded(call, api)
         return self._wait(call, timeout, api)
 
@@ -186,6 +192,8 @@ class CallFacade(CoreBase):
             raise LoopNotRunningError(self._not_running_message())
 
     def _enqueue_guarded(self, call: Call, blocking_api: str | None) -> None:
+        if blocking_api is not None and _get_running_loop() is not None:
+            warn_if_in_a_loop(call, blocking_api, self._name, self._thread_id)
         try:
             self._enqueue(call, blocking_api)
         except LoopThreadError:
@@ -282,16 +290,18 @@ class CallFacade(CoreBase):
                 self._finish_failed(call, asyncio.CancelledError())
                 continue
             self._calls_started += 1
-            call.task = self._new_task(self._execute(call), call.context)
+            call.task = self._new_task(self._execute(call), call.context, call.coro)
 
     def _new_task(
-        self, coro: Coroutine[Any, Any, None], context: contextvars.Context
+        self, coro: Coroutine[Any, Any, None], context: contextvars.Context, user: object
     ) -> asyncio.Task[None]:
+        # Named for stall reports, asyncio.all_tasks() and `python -m asyncio ps` (3.14).
+        name = f"loopthread:{self._name}:{getattr(user, '__qualname__', '?')}"
         loop = self._loop
         assert loop is not None
         if _EAGER and loop.get_task_factory() is None:
-            return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]
-        return loop.create_task(coro, context=context)
+            return asyncio.Task(coro, loop=loop, name=name, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        return loop.create_task(coro, name=name, context=context)
 
     async def _execute(self, call: Call) -> None:
         if call.done:  # cancelled between its task's creation and this first step
@@ -355,16 +365,3 @@ class CallFacade(CoreBase):
 
     def _cancel_for_stop(self, call: Call) -> None:
         self._cancel_on_loop(call, "stop")
-
-
-def _call_context() -> contextvars.Context:
-    """The caller's context for a call, minus sniffio's "which async library runs me" marker:
-    a caller inside a trio (or anyio-on-trio) program must not make anyio or httpx code on
-    this asyncio loop think it runs under trio (anyio's #523)."""
-    context = contextvars.copy_context()
-    sniffio = sys.modules.get("sniffio")
-    if sniffio is not None:
-        cvar = getattr(sniffio, "current_async_library_cvar", None)
-        if cvar is not None and context.get(cvar) is not None:
-            context.run(cvar.set, None)
-    return context
