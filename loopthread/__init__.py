@@ -22,6 +22,7 @@ from loopthread._exceptions import (
 from loopthread._loopthread import LoopStats, LoopThread, ShutdownReport
 from loopthread._resource import Resource
 from loopthread._signals import install_signal_handlers
+from loopthread._sync_facade import SyncFacade, sync_iterator, sync_method
 
 __all__ = [
     "BlockingInLoopWarning",
@@ -42,6 +43,7 @@ __all__ = [
     "Reporter",
     "Resource",
     "ShutdownReport",
+    "SyncFacade",
     "WouldDeadlockError",
     "blocking",
     "configure_default",
@@ -50,6 +52,8 @@ __all__ = [
     "install_signal_handlers",
     "resource",
     "run",
+    "sync_iterator",
+    "sync_method",
 ]
 
 __version__ = "0.1.0"

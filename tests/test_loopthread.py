@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import inspect
 import os
 import signal
@@ -87,10 +88,16 @@ def test_run_returns_result(lt: LoopThread) -> None:
 def test_call_passes_args_and_kwargs(lt: LoopThread) -> None:
     """call() invokes the async function with positional and keyword arguments."""
 
-    async def combine(a: int, b: int, *, c: int) -> int:
+    async def combine(a: int, b: int, *, c: int = 0) -> int:
         return a * 100 + b * 10 + c
 
     assert lt.call(combine, 1, 2, c=3) == 123
+    # A required keyword-only parameter: through functools.partial, so types stay checked.
+
+    async def keyed(a: int, *, c: int) -> int:
+        return a + c
+
+    assert lt.call(functools.partial(keyed, c=2), 1) == 3
 
 
 def test_call_runs_function_on_loop_thread(lt: LoopThread) -> None:

@@ -14,7 +14,7 @@ from asyncio import _get_running_loop
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from types import CoroutineType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from loopthread._core._base import CoreBase
 from loopthread._core._call import (
@@ -37,6 +37,7 @@ from loopthread._exceptions import (
 from loopthread._validate import as_coroutine, check_timeout, close_awaitables
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 # Python 3.12+ can run a Task's first step synchronously ("eager"): a coroutine that finishes
@@ -73,15 +74,16 @@ class CallFacade(CoreBase):
 
     def call(
         self,
-        async_fn: Callable[..., Awaitable[T]],
+        async_fn: Callable[[Unpack[Ts]], Awaitable[T]],
         /,
-        *args: Any,
+        *args: *Ts,
         timeout: float | None = None,
         **kwargs: Any,
     ) -> T:
         """Call ``async_fn(*args, **kwargs)`` on the loop and block until it is done.
 
         The function itself is called on the loop thread (so it may use the running loop).
+        Positional arguments are type-checked; pass required keyword-only ones via partial.
 
         Raises:
             TypeError: ``async_fn`` is not callable (a coroutine passed here: use ``lt.run``).
