@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from loopthread._core._call import SubmitFuture
 from loopthread._core._component import ComponentBase, StopPhase
-from loopthread._exceptions import LoopThreadError, WouldDeadlockError
+from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
 from loopthread._util import Latch, remaining
 from loopthread._validate import check_timeout, close_awaitables
 
@@ -94,6 +94,11 @@ async def arun(lt: LoopThread, awaitable: Awaitable[T]) -> T:
         raise
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a failure is raised to whoever waits, not logged
+
+
 def _set_none(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -107,7 +112,7 @@ class EnteredContext(Generic[T]):
     ``__aexit__`` returns decides whether it is suppressed, as with ``async with``.
     """
 
-    __slots__ = ("_cm", "_entered", "_exc", "_exit", "_held", "_lt")
+    __slots__ = ("_cm", "_entered", "_exc", "_exit", "_held", "_lt", "_task")
 
     def __init__(self, lt: LoopThread, cm: AbstractAsyncContextManager[T]) -> None:
         if not (hasattr(type(cm), "__aenter__") and hasattr(type(cm), "__aexit__")):
@@ -127,6 +132,7 @@ class EnteredContext(Generic[T]):
         self._exit: asyncio.Event | None = None
         self._exc: tuple[Any, Any, Any] = (None, None, None)
         self._held: Future[bool] | None = None
+        self._task: asyncio.Task[bool] | None = None
 
     async def _hold(self) -> bool:
         cm = self._cm
@@ -139,7 +145,12 @@ class EnteredContext(Generic[T]):
             self._entered.set_exception(exc)
             raise
         self._entered.set_result(value)
-        await exit_.wait()
+        try:
+            await exit_.wait()
+        except BaseException as exc:  # cancelled while entered (stop(), Ctrl-C): as async with
+            if not await kind.__aexit__(cm, type(exc), exc, exc.__traceback__):
+                raise
+            return False
         return bool(await kind.__aexit__(cm, *self._exc))
 
     def __enter__(self) -> T:
@@ -168,7 +179,17 @@ class EnteredContext(Generic[T]):
         self._exc = (exc_type, exc, tb)
         exit_ = self._exit
         assert exit_ is not None
-        self._lt.loop.call_soon_threadsafe(exit_.set)
+        try:
+            if held.done():
+                raise RuntimeError("exited already")
+            self._lt.loop.call_soon_threadsafe(exit_.set)
+        except RuntimeError:  # the loop closed, or stop() exited the context meanwhile
+            if exc is not None:
+                return False  # the block's own exception goes on
+            raise LoopNotRunningError(
+                f"the async context entered by lt.enter() was exited when LoopThread "
+                f"{self._lt.name!r} stopped (its __aexit__ ran with CancelledError)."
+            ) from None
         try:
             return held.result()
         except BaseException as raised:
@@ -178,6 +199,25 @@ class EnteredContext(Generic[T]):
                 held.cancel()
                 self._wait_over(held)
             raise
+
+    def enter_for_lifetime(self) -> T:
+        """Enter in a plain task of the loop (not a call: stop() cancels calls before its
+        hooks run), to be exited by :meth:`aexit` from a stop hook."""
+        self._task = self._lt.run_sync(self._spawn)
+        return self._entered.result()
+
+    def _spawn(self) -> asyncio.Task[bool]:
+        task = asyncio.get_running_loop().create_task(self._hold())
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def aexit(self) -> None:
+        """On the loop (a stop hook): exit the lifetime context, no exception, and wait."""
+        task, exit_ = self._task, self._exit
+        if task is None or exit_ is None or task.done():
+            return
+        exit_.set()
+        await task
 
     def _wait_over(self, held: Future[bool]) -> None:
         over = Latch()

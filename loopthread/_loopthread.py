@@ -204,6 +204,22 @@ class LoopThread(LoopThreadCore):
 
         return EnteredContext(self, cm)
 
+    def enter_context(self, cm: AbstractAsyncContextManager[T], /) -> T:
+        """Enter ``cm`` on the loop now and keep it entered for this LoopThread's lifetime:
+        its ``__aexit__`` runs at :meth:`stop` (newest first, in the stop hooks' phase, see
+        :meth:`on_stop`). Returns what ``__aenter__`` returned.
+
+        Raises:
+            TypeError: ``cm`` is not an async context manager.
+            BaseException: what ``__aenter__`` raised.
+        """
+        from loopthread._bridge import EnteredContext, OnStop
+
+        entered = EnteredContext(self, cm)
+        value = entered.enter_for_lifetime()
+        self.components.attach(OnStop(entered.aexit))
+        return value
+
     def iterate(
         self, source: AsyncIterable[T], /, *, timeout: float | None = None, read_ahead: int = 64
     ) -> Iterator[T]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from loopthread import LoopThread, LoopThreadError, WouldDeadlockError
+from loopthread import LoopNotRunningError, LoopThread, LoopThreadError, WouldDeadlockError
 
 # ---------------------------------------------------------------------- run_sync / call_soon
 
@@ -392,3 +392,47 @@ def test_on_stop_hooks_run_newest_first_before_resources_close() -> None:
     assert order == ["second", "first", "resource closed"]
     with pytest.raises(TypeError, match="async function"):
         LoopThread("x", metrics_registry=None).on_stop(3)  # type: ignore[arg-type]
+
+
+def test_enter_context_keeps_it_entered_until_stop_and_exits_newest_first() -> None:
+    order: list[str] = []
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.task: asyncio.Task[Any] | None = None
+
+        async def __aenter__(self) -> str:
+            self.task = asyncio.current_task()
+            order.append(f"enter {self.name}")
+            return self.name
+
+        async def __aexit__(self, *exc: object) -> None:
+            assert asyncio.current_task() is self.task  # the task that entered it
+            order.append(f"exit {self.name}")
+
+    lt = LoopThread("lifetime", metrics_registry=None).start()
+    assert lt.enter_context(Named("db")) == "db"
+    assert lt.enter_context(Named("cache")) == "cache"
+    assert order == ["enter db", "enter cache"]
+    assert lt.stop(timeout=5).finished
+    assert order == ["enter db", "enter cache", "exit cache", "exit db"]
+
+
+def test_stop_while_a_context_is_entered_exits_it_like_a_cancelled_async_with() -> None:
+    events: list[Any] = []
+
+    class CM:
+        async def __aenter__(self) -> int:
+            events.append("enter")
+            return 1
+
+        async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+            events.append(("exit", exc_type))
+            return False
+
+    lt = LoopThread("stop-inside", metrics_registry=None).start()
+    with pytest.raises(LoopNotRunningError, match="exited when LoopThread 'stop-inside' stopped"):
+        with lt.enter(CM()):
+            assert lt.stop(timeout=5).finished
+    assert events == ["enter", ("exit", asyncio.CancelledError)]
