@@ -432,7 +432,7 @@ def test_stop_while_a_context_is_entered_exits_it_like_a_cancelled_async_with() 
             return False
 
     lt = LoopThread("stop-inside", metrics_registry=None).start()
-    with pytest.raises(LoopNotRunningError, match="exited when LoopThread 'stop-inside' stopped"):
-        with lt.enter(CM()):
-            assert lt.stop(timeout=5).finished
+    stopped = "exited when LoopThread 'stop-inside' stopped"
+    with pytest.raises(LoopNotRunningError, match=stopped), lt.enter(CM()):
+        assert lt.stop(timeout=5).finished
     assert events == ["enter", ("exit", asyncio.CancelledError)]
