@@ -29,7 +29,7 @@ from loopthread import _process
 from loopthread._core._component import ComponentBase, StopPhase
 from loopthread._default import current_default, default
 from loopthread._enrich._breaker import OPEN, CircuitBreaker
-from loopthread._enrich._eager import Runner, Suspended
+from loopthread._enrich._eager import Pending, Runner
 from loopthread._enrich._hooks import Lifecycle
 from loopthread._enrich._slots import Enricher, Event, log, make_slots
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
@@ -55,14 +55,18 @@ class EnricherChain(ComponentBase):
             plain functions run in the loop thread's shared executor.
         mode: ``"parallel"`` (all get the same input, run concurrently, fields merged in the
             order given) or ``"sequential"`` (each sees the event enriched so far).
-        timeout: seconds each enricher may take (None: no limit); an enricher's own
-            ``timeout`` (attribute or :func:`loopthread.enricher`) overrides it.
+        timeout: seconds each enricher may take (None: no limit), from its start (a wait for
+            a place, see ``max_concurrency``, does not count); an enricher's own ``timeout``
+            (attribute or :func:`loopthread.enricher`) overrides it.
+        max_concurrency: how many calls of each enricher may run at once (None: no limit);
+            the others wait for a place in order. An enricher's own ``max_concurrency``
+            (attribute or :func:`loopthread.enricher`) overrides it.
         loop_thread: where to run (None: ``loopthread.default()``, looked up at first use).
         on_unavailable: what ``enrich_sync`` does when the loop is unavailable or its overall
             timeout expires: ``"passthrough"`` returns a copy of the event (counted as
             degraded), ``"raise"`` raises.
         failure_threshold: consecutive failures or timeouts that open an enricher's circuit
-            (None: never open it).
+            (None: never open it); calls that overlap count once (a burst is one fault).
         cooldown: seconds an open circuit skips the enricher before one trial call.
         hook_timeout: seconds each ``startup()`` and ``shutdown()`` may take.
         clock: the circuit breaker's clock (``time.monotonic``; injectable for tests).
@@ -78,6 +82,7 @@ class EnricherChain(ComponentBase):
         *,
         mode: Literal["parallel", "sequential"] = "parallel",
         timeout: float | None = 0.1,
+        max_concurrency: int | None = None,
         loop_thread: LoopThread | None = None,
         on_unavailable: Literal["passthrough", "raise"] = "passthrough",
         failure_threshold: int | None = 5,
@@ -100,6 +105,8 @@ class EnricherChain(ComponentBase):
             )
         if failure_threshold is not None:
             check_positive_int(failure_threshold, "failure_threshold")
+        if max_concurrency is not None:
+            check_positive_int(max_concurrency, "max_concurrency")
         cooldown_s = check_timeout(cooldown, "cooldown")
         if cooldown_s is None:
             raise ValueError(
@@ -111,7 +118,7 @@ class EnricherChain(ComponentBase):
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None; got {name!r}.")
         breaker = functools.partial(CircuitBreaker, failure_threshold, cooldown_s, clock)
-        self._slots = make_slots(enrichers, default_timeout, breaker)
+        self._slots = make_slots(enrichers, default_timeout, breaker, max_concurrency)
         self._name = name or f"chain-{next(_chain_ids)}"
         self._parallel = self._mode == "parallel"
         self._loop_thread = loop_thread
@@ -175,9 +182,7 @@ class EnricherChain(ComponentBase):
         runner = self._runner
         for slot in self._slots:
             started = runner.start(slot, current)
-            fields = (
-                await runner.finish(started, loop) if isinstance(started, Suspended) else started
-            )
+            fields = await runner.finish(started, loop) if isinstance(started, Pending) else started
             if fields:
                 current = {**current, **fields}
         return current
@@ -240,6 +245,9 @@ class EnricherChain(ComponentBase):
                     time=s.time,
                     circuit=circuit.value,
                     disabled=s.disabled,
+                    queued=s.queued,
+                    queue_time=s.queue_time,
+                    max_concurrency=s.limit,
                 )
             )
         return ChainStats(
@@ -283,6 +291,7 @@ class EnricherChain(ComponentBase):
             for slot in self._slots:
                 slot.breaker.release()  # a trial in flight on the old loop never reports
                 slot.disabled = False
+                slot.reset_places()
             # A loop that is stopping refuses new components: the chain still enriches what it
             # drains (its enrichers' shutdown() is then not owed by this stop).
             with contextlib.suppress(LoopNotRunningError):
