@@ -99,7 +99,8 @@ class ChainStats:
     ``events``: events that entered ``enrich`` on the loop. ``degraded``: events that
     ``enrich_sync`` returned unenriched because the loop was unavailable or the overall timeout
     expired (``on_unavailable="passthrough"``). ``startup_failures``: enrichers disabled because
-    their ``startup()`` failed.
+    their ``startup()`` failed. ``merge_failures``: enricher results left out because the
+    chain's ``merge`` function raised or returned something other than a mapping.
     """
 
     name: str
@@ -108,3 +109,4 @@ class ChainStats:
     degraded: int
     startup_failures: int
     enrichers: tuple[EnricherStats, ...]
+    merge_failures: int = 0

@@ -37,7 +37,7 @@ from typing import Any
 
 from loopthread._enrich._breaker import SKIP, TRIAL
 from loopthread._enrich._slots import (
-    Enricher,
+    EnricherCallable,
     EnricherResult,
     Slot,
     cancelled_from_outside,
@@ -326,7 +326,7 @@ class Runner:
             )
 
 
-async def _in_executor(fn: Enricher, event: dict[str, Any]) -> EnricherResult:
+async def _in_executor(fn: EnricherCallable, event: dict[str, Any]) -> EnricherResult:
     # run_in_executor does not carry contextvars over: run the function in a copy.
     ctx = contextvars.copy_context()
     result = await asyncio.get_running_loop().run_in_executor(None, ctx.run, fn, event)

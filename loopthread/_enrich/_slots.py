@@ -19,15 +19,18 @@ import asyncio
 import collections
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from loopthread._enrich._breaker import CircuitBreaker
 from loopthread._log import logger
+from loopthread._stats import EnricherStats
 from loopthread._validate import check_positive_int, check_timeout, close_awaitables
 
 __all__ = [
     "Configured",
+    "EnrichMethod",
     "Enricher",
+    "EnricherCallable",
     "EnricherResult",
     "Event",
     "Slot",
@@ -39,7 +42,17 @@ __all__ = [
 
 Event: TypeAlias = Mapping[str, Any]
 EnricherResult: TypeAlias = Mapping[str, Any] | None
-Enricher: TypeAlias = Callable[[Event], Awaitable[EnricherResult] | EnricherResult]
+
+
+class EnrichMethod(Protocol):
+    """fapilog's enricher shape: an object with an (async) ``enrich(event)`` method."""
+
+    def enrich(self, event: Any, /) -> Any:
+        """Return the fields to add to ``event``."""
+
+
+EnricherCallable: TypeAlias = Callable[[Event], Awaitable[EnricherResult] | EnricherResult]
+Enricher: TypeAlias = EnricherCallable | EnrichMethod
 
 
 class Configured:
@@ -56,7 +69,8 @@ class Configured:
         self.max_concurrency = max_concurrency
 
     def __call__(self, event: Event) -> Awaitable[EnricherResult] | EnricherResult:
-        return self.fn(event)
+        fn = self.fn
+        return fn(event) if callable(fn) else fn.enrich(event)
 
     def __repr__(self) -> str:
         return (
@@ -130,7 +144,7 @@ class Slot:
 
     def __init__(
         self,
-        fn: Enricher,
+        fn: EnricherCallable,
         target: object,
         name: str,
         timeout: float | None,
@@ -162,6 +176,23 @@ class Slot:
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.queued = 0
         self.queue_time = 0.0
+
+    def stats(self, now: float) -> EnricherStats:
+        """A snapshot of the counters; ``now`` is the breaker's clock (read only if open)."""
+        return EnricherStats(
+            name=self.name,
+            calls=self.calls,
+            ok=self.ok,
+            failures=self.failures,
+            timeouts=self.timeouts,
+            skipped=self.skipped,
+            time=self.time,
+            circuit=self.breaker.state_at(now).value,
+            disabled=self.disabled,
+            queued=self.queued,
+            queue_time=self.queue_time,
+            max_concurrency=self.limit,
+        )
 
     def reset_places(self) -> None:
         """A new loop: the calls and waiters of the old one will never give their places back."""
@@ -264,7 +295,7 @@ def make_slots(
         if count > 1:
             name = f"{name}#{count}"
         # fapilog's protocol: an object with enrich(event) rather than __call__.
-        fn: Enricher = target if callable(target) else target.enrich  # type: ignore[attr-defined]
+        fn: EnricherCallable = target if callable(target) else target.enrich  # type: ignore[attr-defined]
         slots.append(
             Slot(
                 fn,
