@@ -2,9 +2,11 @@
 
 Design notes (why it is built this way):
 
-* The caller pays for a ``put`` into a channel and nothing else; the processors given to
-  ``offload`` and the sink run on the loop thread (a sync sink in its executor). With no loop
-  running (after ``stop()``, at interpreter exit) the work is done in the caller's thread.
+* The caller pays for a ``put`` into a channel plus what belongs to it (``_caller``: a snapshot
+  of the event, its exception, its context, the processors that read its clock, stack or
+  thread); the other processors given to ``offload`` and the sink run on the loop thread (a
+  sync sink in its executor), each event's in the caller's contextvars. With no loop running
+  (after ``stop()``, at interpreter exit) the work is done in the caller's thread.
 * Counters written from several threads are ``itertools.count`` objects (``next()`` is one
   atomic C call), as in the channel, so the hot path takes no lock.
 """
@@ -15,8 +17,10 @@ import asyncio
 import contextvars
 import inspect
 import itertools
+import sys
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -25,6 +29,7 @@ from loopthread._bind import Binding
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
 from loopthread._log import RateLimiter, logger
 from loopthread._process import fork_safe_lock
+from loopthread._structlog._caller import calling_stack, resolve_exc_info, snapshot, split
 from loopthread._structlog._enrich import peek
 from loopthread._util import describe
 
@@ -36,7 +41,8 @@ __all__ = ["OffloadProcessor", "OffloadStats", "Processor"]
 
 EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], Any]
-_Item = tuple[Any, str, EventDict]
+# (logger, method name, event dict, the caller's context)
+_Item = tuple[Any, str, EventDict, contextvars.Context]
 
 # Set while an offload processor works (its processors on the loop, its sync sink in the
 # executor). An event logged from there must not wait for room in the channel: the consumer
@@ -77,7 +83,7 @@ class OffloadProcessor:
         loop_thread: LoopThread | None,
         channel_options: dict[str, Any],
     ) -> None:
-        self._processors = list(processors)
+        self._in_caller, self._processors = split(processors)
         self._sink = sink
         self._sink_is_async = inspect.iscoroutinefunction(sink) or inspect.iscoroutinefunction(
             getattr(sink, "__call__", None)  # noqa: B004 - objects with an async __call__
@@ -94,7 +100,15 @@ class OffloadProcessor:
 
     def __call__(self, logger_: Any, method_name: str, event_dict: EventDict) -> EventDict:
         """Hand the event to the loop and end the caller's chain (raises ``DropEvent``)."""
-        item = (logger_, method_name, event_dict)
+        context = contextvars.copy_context()  # before the calling stack is set below
+        event = snapshot(event_dict)
+        if self._in_caller:
+            moved = self._run_in_caller(logger_, method_name, event, sys._getframe(1))
+            if moved is None:
+                raise structlog.DropEvent
+            event = moved
+        resolve_exc_info(event)
+        item = (logger_, method_name, event, context)
         try:
             channel = self._live_channel()
             if channel is None:
@@ -151,8 +165,36 @@ class OffloadProcessor:
 
     # ------------------------------------------------------------------ the work
 
+    def _run_in_caller(
+        self, logger_: Any, method_name: str, event: Any, frame: FrameType
+    ) -> dict[str, Any] | None:
+        # The processors that read the caller's clock, stack or thread, with structlog's
+        # calling-stack hook on the frame that called this processor (structlog's own frames
+        # above it are skipped as usual): the stack and callsite found are the application's.
+        token = calling_stack.set(frame) if calling_stack is not None else None
+        try:
+            for processor in self._in_caller:
+                event = processor(logger_, method_name, event)
+        except structlog.DropEvent:
+            return None
+        except Exception as exc:  # noqa: BLE001 - a failing processor costs one event
+            next(self._failed)
+            self._report("offload.processor_failed", exc)
+            return None
+        finally:
+            if token is not None:
+                calling_stack.reset(token)  # type: ignore[union-attr]
+        return event  # type: ignore[no-any-return]
+
+    def _process(self, item: _Item) -> tuple[Any, contextvars.Context] | None:
+        """On the loop: the processors, in the caller's context; (result, context) or None."""
+        context = item[3]
+        value = context.run(self._run_processors, item)
+        return None if value is None else (value, context)
+
     def _run_processors(self, item: _Item) -> Any:
-        logger_, method_name, value = item
+        logger_, method_name, value, _ = item
+        _offloading.set(True)  # in the event's own context: its processors and its sink
         try:
             for processor in self._processors:
                 value = processor(logger_, method_name, value)
@@ -167,31 +209,30 @@ class OffloadProcessor:
     async def _handle_batch(self, batch: list[_Item]) -> None:
         token = _offloading.set(True)
         try:
-            rendered = [r for r in map(self._run_processors, batch) if r is not None]
+            rendered = [r for r in map(self._process, batch) if r is not None]
             if not rendered:
                 return
             if self._sink_is_async:
                 try:
-                    await self._sink(rendered)
+                    await self._sink([value for value, _ in rendered])
                 except Exception as exc:  # noqa: BLE001 - isolated, counted, logged
                     for _ in rendered:
                         next(self._failed)
                     self._report("offload.sink_failed", exc)
                 return
             loop = asyncio.get_running_loop()
-            context = contextvars.copy_context()  # carries _offloading into the executor
             try:
-                await loop.run_in_executor(None, context.run, self._sink_each, rendered)
+                await loop.run_in_executor(None, self._sink_each, rendered)
             except RuntimeError:  # the executor refuses work at interpreter exit: write here
                 self._sink_each(rendered)
         finally:
             _offloading.reset(token)
 
-    def _sink_each(self, rendered: list[Any]) -> None:
+    def _sink_each(self, rendered: list[tuple[Any, contextvars.Context]]) -> None:
         sink = self._sink
-        for value in rendered:
+        for value, context in rendered:
             try:
-                sink(value)
+                context.run(sink, value)  # the caller's context, with _offloading set
             except Exception as exc:  # noqa: BLE001 - one bad event must not cost the batch
                 next(self._failed)
                 self._report("offload.sink_failed", exc)
@@ -202,12 +243,13 @@ class OffloadProcessor:
         next(self._direct)
         token = _offloading.set(True)
         try:
-            rendered = self._run_processors(item)
-            if rendered is None:
+            processed = self._process(item)
+            if processed is None:
                 return
             if not self._sink_is_async:
-                self._sink_each([rendered])
+                self._sink_each([processed])
                 return
+            rendered = processed[0]
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
