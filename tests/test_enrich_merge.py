@@ -233,13 +233,39 @@ class FapilogStyle:
         return True
 
 
+class Both:
+    """Has both pairs of hook names: only ``startup()``/``shutdown()`` may be called."""
+
+    name = "both"
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    async def startup(self) -> None:
+        self.calls.append("startup")
+
+    async def start(self) -> None:  # pragma: no cover - must not be called
+        self.calls.append("start")
+
+    async def shutdown(self) -> None:
+        self.calls.append("shutdown")
+
+    async def stop(self) -> None:  # pragma: no cover - must not be called
+        self.calls.append("stop")
+
+    async def __call__(self, event: Fields) -> Fields:
+        return {}
+
+
 def test_fapilog_enricher_drops_in() -> None:
     """An object with ``enrich()``, ``start()`` and ``stop()`` works as it is: started once
-    before first use, its groups deep-merged, stopped at ``lt.stop()``."""
+    before first use, its groups deep-merged, stopped at ``lt.stop()``. An enricher with both
+    pairs of names gets ``startup()``/``shutdown()`` only."""
     lt = LoopThread("fapilog").start()
     fap = FapilogStyle()
+    both: list[str] = []
     chain = EnricherChain(
-        [fap, returning({"context": {"request_id": "r1"}}, "request")],
+        [fap, returning({"context": {"request_id": "r1"}}, "request"), Both(both)],
         merge="deep",
         loop_thread=lt,
     )
@@ -251,34 +277,8 @@ def test_fapilog_enricher_drops_in() -> None:
     assert fap.calls == ["start", "enrich", "enrich"]
     assert lt.stop(5).finished
     assert fap.calls == ["start", "enrich", "enrich", "stop"]
-    assert chain.stats().enrichers[0].name == "runtime_info"
-
-
-def test_startup_and_shutdown_win_over_start_and_stop() -> None:
-    """An enricher with both names gets ``startup()``/``shutdown()`` only (never both pairs)."""
-    calls: list[str] = []
-
-    class Both:
-        async def startup(self) -> None:
-            calls.append("startup")
-
-        async def start(self) -> None:  # pragma: no cover - must not be called
-            calls.append("start")
-
-        async def shutdown(self) -> None:
-            calls.append("shutdown")
-
-        async def stop(self) -> None:  # pragma: no cover - must not be called
-            calls.append("stop")
-
-        async def __call__(self, event: Fields) -> Fields:
-            return {}
-
-    lt = LoopThread("both-hooks").start()
-    chain = EnricherChain([Both()], loop_thread=lt)
-    chain.enrich_sync({})
-    lt.stop(5)
-    assert calls == ["startup", "shutdown"]
+    assert both == ["startup", "shutdown"]
+    assert [s.name for s in chain.stats().enrichers] == ["runtime_info", "request", "both"]
 
 
 def test_object_with_neither_call_nor_enrich_is_refused() -> None:
