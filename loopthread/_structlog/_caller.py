@@ -72,10 +72,13 @@ def split(processors: Sequence[Processor]) -> tuple[list[Processor], list[Proces
 
 def snapshot(event_dict: EventDict) -> dict[str, Any]:
     """A copy of ``event_dict`` whose dicts, lists, tuples and sets are copies too."""
-    return {
-        key: _copy(value, _DEPTH) if type(value) in _COPIED else value
-        for key, value in event_dict.items()
-    }
+    copy = dict(event_dict)  # in C; then only the containers are replaced
+    if _COPIED.isdisjoint(map(type, event_dict.values())):  # the usual event: no container
+        return copy
+    for key, value in event_dict.items():
+        if type(value) in _COPIED:
+            copy[key] = _copy(value, _DEPTH)
+    return copy
 
 
 def _copy(value: Any, depth: int) -> Any:
