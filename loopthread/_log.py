@@ -13,10 +13,16 @@ The library never calls ``structlog.configure()`` and never writes to stdout on 
 
 Callers never log from a signal handler, under a lock another thread may hold, or between a
 state change and the action it announces: they log after.
+
+While one of loopthread's own events goes through the application's structlog processors,
+:func:`own_event` is True (a contextvar), so that loopthread's processors let it through
+untouched: ``loopthread.structlog.enrich()`` must not wait for the loop to enrich the loop's
+own lifecycle events, nor re-enter itself with the warning it logs when it degrades.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from typing import Any
@@ -26,7 +32,7 @@ import structlog
 from loopthread import _process
 from loopthread._util import describe
 
-__all__ = ["RateLimiter", "logger"]
+__all__ = ["RateLimiter", "logger", "own_event"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -40,6 +46,14 @@ _stdlib = logging.getLogger("loopthread")
 # logging.lastResort); handlers on the root logger still receive what propagates.
 _stdlib.addHandler(logging.NullHandler())
 _structlog = structlog.get_logger("loopthread")
+_own_event: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "loopthread_own_event", default=False
+)
+
+
+def own_event() -> bool:
+    """True while one of loopthread's own events is being logged (in this context)."""
+    return _own_event.get()
 
 
 class _LibraryLogger:
@@ -48,6 +62,7 @@ class _LibraryLogger:
     __slots__ = ()
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        token = _own_event.set(True)
         try:
             if structlog.is_configured():
                 getattr(_structlog, level)(event, **fields)
@@ -66,6 +81,8 @@ class _LibraryLogger:
             )
         except Exception:  # noqa: BLE001 - a broken log setup must not break the library
             pass
+        finally:
+            _own_event.reset(token)
 
     def debug(self, event: str, **fields: Any) -> None:
         """Log ``event`` at DEBUG."""

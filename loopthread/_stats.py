@@ -72,8 +72,10 @@ class EnricherStats:
     in none of ``ok``, ``failures``, ``timeouts``). ``failures`` counts enrichers that raised or
     returned something other than a mapping or None. ``skipped`` counts events the enricher was
     not called for: its circuit was open or it is disabled. ``time`` is the total wall time
-    spent in calls, in seconds. ``circuit`` is ``"closed"``, ``"open"`` or ``"half_open"``
-    (cool-down over: the next call is a trial). ``disabled``: its ``startup()`` failed.
+    spent in calls, in seconds, not counting waits for a place. ``circuit`` is ``"closed"``,
+    ``"open"`` or ``"half_open"`` (cool-down over: the next call is a trial). ``disabled``: its
+    ``startup()`` failed. ``queued``: calls that had to wait for a place (all
+    ``max_concurrency`` places taken); ``queue_time``: the seconds they waited, in total.
     """
 
     name: str
@@ -85,6 +87,9 @@ class EnricherStats:
     time: float
     circuit: str
     disabled: bool
+    queued: int = 0
+    queue_time: float = 0.0
+    max_concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +99,8 @@ class ChainStats:
     ``events``: events that entered ``enrich`` on the loop. ``degraded``: events that
     ``enrich_sync`` returned unenriched because the loop was unavailable or the overall timeout
     expired (``on_unavailable="passthrough"``). ``startup_failures``: enrichers disabled because
-    their ``startup()`` failed.
+    their ``startup()`` failed. ``merge_failures``: enricher results left out because the
+    chain's ``merge`` function raised or returned something other than a mapping.
     """
 
     name: str
@@ -103,3 +109,4 @@ class ChainStats:
     degraded: int
     startup_failures: int
     enrichers: tuple[EnricherStats, ...]
+    merge_failures: int = 0

@@ -11,7 +11,12 @@ Three sections, each with its competitors interleaved round by round in one run:
   SIGINT handler on every call); ``run_all`` awaits the three one after another and merges;
 * the floor: ``lt.run(run_all(event))``, the hand-off with no chain around it;
 * memory: RSS and tracemalloc growth over many ``enrich_sync`` calls after a warm-up, and
-  ``lt.stats().loops_created``.
+  ``lt.stats().loops_created``;
+* bursts: 200 records enriched at once (as a log handler's batch) against a lookup service
+  with 4 connections and 20 ms per lookup, with a 0.2 s budget, then 20 calm records: with
+  ``max_concurrency=4`` and without a limit;
+* the ``loopthread.structlog.enrich`` processor: what a log call costs, how far past its
+  ``timeout`` a call returns when the loop is blocked, and 50 calls from async code.
 
 Run: ``python -m perf.bench_enrich [--quick]``.
 """
@@ -22,6 +27,7 @@ import asyncio
 import gc
 import os
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping
@@ -29,9 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from structlog.testing import capture_logs
+import structlog
+from structlog.testing import LogCapture, capture_logs
 
 import loopthread
+from loopthread.structlog import enrich as structlog_enrich
 from perf._harness import Result, interleave, markdown_table, parse_args, timed
 
 __all__ = ["report"]
@@ -48,6 +56,8 @@ class _Plan:
     quick_calls: int  # events per competitor per round, quick enrichers
     memory_warmup: int
     memory_calls: int
+    blocked_calls: int  # log calls on a blocked loop
+    log_calls: int  # log calls timed on a free loop
 
 
 FULL = _Plan(
@@ -57,6 +67,8 @@ FULL = _Plan(
     quick_calls=400,
     memory_warmup=5_000,
     memory_calls=100_000,
+    blocked_calls=40,
+    log_calls=3_000,
 )
 QUICK = _Plan(
     io_rounds=3,
@@ -65,11 +77,16 @@ QUICK = _Plan(
     quick_calls=100,
     memory_warmup=1_000,
     memory_calls=10_000,
+    blocked_calls=10,
+    log_calls=500,
 )
 
 IO_TARGET = 4.0
 SYNC_TARGET = 2.0
 MEMORY_TARGET = 1 << 20
+BURST_TARGET = 0.95  # of the burst enriched with max_concurrency=4 (calm traffic: 100%)
+BOUND_TARGET = 0.02  # seconds a log call may take past its timeout on a blocked loop
+ASYNC_TARGET = 0.005  # seconds for 50 log calls from async code
 
 
 # ---------------------------------------------------------------------- the enrichers
@@ -228,6 +245,122 @@ def _memory(lt: loopthread.LoopThread, plan: _Plan) -> _Memory:
     )
 
 
+# ---------------------------------------------------------------------- bursts
+
+
+class _Pool:
+    """A lookup service with 4 connections, 20 ms per lookup: calls beyond 4 wait inside."""
+
+    def __init__(self) -> None:
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def __call__(self, event: Event) -> dict[str, Any]:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(4)
+        async with self._semaphore:
+            await asyncio.sleep(0.02)  # simulated I/O: the lookup
+        return {"user": f"user-{event['n']}"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Burst:
+    label: str
+    enriched: int
+    seconds: float
+    calm: int
+    timeouts: int
+    queue_time: float
+    own_time: float
+    circuit: str
+
+
+def _burst(lt: loopthread.LoopThread, limit: int | None) -> _Burst:
+    chain = loopthread.EnricherChain(
+        [loopthread.enricher(_Pool(), name="users", max_concurrency=limit)],
+        timeout=0.2,
+        loop_thread=lt,
+    )
+
+    async def batch() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(chain.enrich({"n": n}) for n in range(200))))
+
+    started = time.perf_counter()
+    results = lt.run(batch())
+    seconds = time.perf_counter() - started
+    calm = [chain.enrich_sync({"n": n}) for n in range(20)]
+    stats = chain.stats().enrichers[0]
+    return _Burst(
+        label=f"max_concurrency={limit}" if limit else "no limit",
+        enriched=sum("user" in r for r in results),
+        seconds=seconds,
+        calm=sum("user" in r for r in calm),
+        timeouts=stats.timeouts,
+        queue_time=stats.queue_time,
+        own_time=stats.time,
+        circuit=stats.circuit,
+    )
+
+
+# ---------------------------------------------------------------------- the enrich() processor
+
+
+@dataclass(frozen=True, slots=True)
+class _LogCalls:
+    per_call: float  # seconds per log call, loop free
+    past_timeout_median: float  # seconds past timeout=0.05, loop blocked
+    past_timeout_max: float
+    async_50: float  # seconds for 50 calls from a coroutine
+
+
+def _log_calls(plan: _Plan) -> _LogCalls:
+    lt = loopthread.LoopThread("bench-enrich-log", cancel_grace=1.0).start()
+    chain = loopthread.EnricherChain(QUICK_ENRICHERS, loop_thread=lt)
+    processor = structlog_enrich(chain, timeout=0.05)
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, processor, LogCapture()],
+        cache_logger_on_first_use=True,
+    )
+    log = structlog.get_logger()
+    try:
+        log.info("warm-up", **EVENT)
+        per_call = timed(lambda: log.info("login", **EVENT), plan.log_calls)
+        past: list[float] = []
+        for _ in range(plan.blocked_calls):
+            gate = threading.Event()
+            blocked = threading.Event()
+
+            async def busy(
+                gate: threading.Event = gate, blocked: threading.Event = blocked
+            ) -> None:
+                blocked.set()
+                gate.wait(10)  # the loop thread is blocked: a busy loop
+
+            blocker = lt.submit(busy())
+            blocked.wait(10)
+            started = time.perf_counter()
+            log.info("login", **EVENT)
+            past.append(time.perf_counter() - started - 0.05)
+            gate.set()
+            blocker.result(10)
+
+        async def from_async_code() -> float:
+            started = time.perf_counter()
+            for _ in range(50):
+                log.info("login", **EVENT)
+            return time.perf_counter() - started
+
+        async_50 = asyncio.run(from_async_code())
+    finally:
+        lt.stop()
+        structlog.reset_defaults()
+    return _LogCalls(
+        per_call=per_call,
+        past_timeout_median=sorted(past)[len(past) // 2],
+        past_timeout_max=max(past),
+        async_50=async_50,
+    )
+
+
 # ---------------------------------------------------------------------- the report
 
 
@@ -268,6 +401,8 @@ def report(quick: bool = False) -> str:
         io = _io_section(lt, plan)
         sync = _sync_section(lt, pool, plan)
         memory = _memory(lt, plan)
+        bursts = [_burst(lt, 4), _burst(lt, None)]
+    calls = _log_calls(plan)
     elapsed = time.perf_counter() - started
     problems = [e for e in logs if e.get("log_level") in ("warning", "error", "critical")]
 
@@ -275,6 +410,7 @@ def report(quick: bool = False) -> str:
     executor_ratio = sync[EXECUTOR].median / sync[PARALLEL].median
     run_ratio = sync[ASYNCIO_RUN].median / sync[PARALLEL].median
     growth = max(memory.traced_growth, memory.rss_growth or 0)
+    limited = bursts[0]
     lines = [
         f"python {sys.version.split()[0]} on {sys.platform}, {os.cpu_count()} CPUs; "
         f"{'--quick, ' if quick else ''}{elapsed:.0f} s.",
@@ -304,6 +440,53 @@ def report(quick: bool = False) -> str:
             ],
         ),
         "",
+        "### A burst of 200 records against 4 connections x 20 ms, budget 0.2 s; then 20 calm",
+        "",
+        markdown_table(
+            [
+                "enricher",
+                "burst enriched",
+                "burst took",
+                "calm enriched",
+                "timeouts",
+                "queued (s, total)",
+                "own time (s, total)",
+                "circuit",
+            ],
+            [
+                [
+                    f"`{b.label}`",
+                    f"{b.enriched}/200",
+                    f"{b.seconds:.2f} s",
+                    f"{b.calm}/20",
+                    b.timeouts,
+                    f"{b.queue_time:.1f}",
+                    f"{b.own_time:.1f}",
+                    b.circuit,
+                ]
+                for b in bursts
+            ],
+        ),
+        "",
+        "### `loopthread.structlog.enrich(chain, timeout=0.05)`: one log call",
+        "",
+        markdown_table(
+            [
+                "loop free: per call",
+                "loop blocked: past the timeout, median",
+                "max",
+                "50 calls from async code",
+            ],
+            [
+                [
+                    f"{_us(calls.per_call):.1f} µs",
+                    f"{_ms(calls.past_timeout_median):.2f} ms",
+                    f"{_ms(calls.past_timeout_max):.2f} ms",
+                    f"{_ms(calls.async_50):.2f} ms",
+                ]
+            ],
+        ),
+        "",
         "### Targets",
         "",
         f"- parallel >= {IO_TARGET:.0f}x faster than sequential (five 10 ms enrichers): "
@@ -314,6 +497,14 @@ def report(quick: bool = False) -> str:
         f"- memory growth <= 1 MiB over {memory.calls:,} calls: {_kib(growth)}, "
         f"{_met(growth <= MEMORY_TARGET)}; loops_created == 1: "
         f"{_met(memory.loops_created == 1)}.",
+        f"- a burst with max_concurrency=4 enriched >= {BURST_TARGET:.0%}: "
+        f"{limited.enriched / 200:.0%}, calm traffic after it 100%: {limited.calm / 20:.0%}, "
+        f"{_met(limited.enriched >= BURST_TARGET * 200 and limited.calm == 20)}.",
+        f"- a log call on a blocked loop returns within its timeout + "
+        f"{_ms(BOUND_TARGET):.0f} ms: max {_ms(calls.past_timeout_max):.2f} ms past it, "
+        f"{_met(calls.past_timeout_max <= BOUND_TARGET)} (it took 2.1 s: cancel_grace twice).",
+        f"- 50 log calls from async code <= {_ms(ASYNC_TARGET):.0f} ms: "
+        f"{_ms(calls.async_50):.2f} ms, {_met(calls.async_50 <= ASYNC_TARGET)} (it took 633 ms).",
         "",
         "Notes:",
         "- median is the median over rounds of the mean time per event; p99 is over every "

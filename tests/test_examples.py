@@ -75,7 +75,7 @@ def test_structlog_enrich() -> None:
     )
     assert "level='info' event='login' ip='10.0.0.1' user_id=7" in lines
     assert any("event='enricher_chain.degraded'" in line for line in lines)
-    assert lines[-1] == "events 4, enriched 3, passed through 1"
+    assert lines[-1] == "events 3, enriched 2, passed through 1 (1 timed out), loopthread's own 1"
 
 
 def test_structlog_offload() -> None:

@@ -5,6 +5,11 @@ Design notes (why it is built this way):
 * The circuit breaker counts *consecutive* failures and timeouts; once open, the enricher is
   skipped without being called until ``cooldown`` has passed, then exactly one call is let
   through as a trial (half-open): success closes the circuit, failure opens it again.
+* A burst counts once: calls that overlap fail together (a batch of 200 lookups against a pool
+  of 4 connections times out en masse), and counting each would open the circuit on one bad
+  moment. A call remembers ``epoch`` (the faults counted so far) when it begins; its fault
+  counts only if no other fault was counted since. So a dead enricher opens the circuit after
+  ``threshold`` waves of calls, whatever the concurrency: about ``threshold`` x its timeout.
 * It is pure: no asyncio, no logging, no lock, and the clock is injected. Each decision returns
   what happened (the call is the trial, the circuit just opened or closed) and the chain counts
   and logs it, so the breaker is tested on its own with a fake clock (tests/test_breaker.py).
@@ -62,7 +67,7 @@ TRIAL = Admission.TRIAL
 
 
 class CircuitBreaker:
-    """One enricher's circuit: ``state``, ``consecutive`` faults, ``opened_at``, ``trial``.
+    """One enricher's circuit: ``state``, ``consecutive`` faults, ``opened_at``, ``trial``...
 
     Args:
         threshold: consecutive faults (failures or timeouts) that open a closed circuit (None:
@@ -74,7 +79,9 @@ class CircuitBreaker:
     Attributes (read them, let the methods change them):
         state: :class:`Circuit`. ``OPEN`` turns ``HALF_OPEN`` when :meth:`admit` finds the
             cool-down over, and ``CLOSED`` again at the next success.
-        consecutive: faults since the last success.
+        consecutive: faults counted toward ``threshold`` since the last success.
+        epoch: faults counted toward ``threshold`` over the breaker's life; a call reads it when
+            it begins and passes it to :meth:`record_failure` (see the module's notes).
         opened_at: the clock when the circuit last opened.
         trial: the half-open trial call is in flight (no other call is let through).
         quiet: ``state`` is closed, ``consecutive`` is 0 and no ``trial`` is in flight: then
@@ -87,6 +94,7 @@ class CircuitBreaker:
         "_cooldown",
         "_threshold",
         "consecutive",
+        "epoch",
         "opened_at",
         "quiet",
         "state",
@@ -99,6 +107,7 @@ class CircuitBreaker:
         self._clock = clock
         self.state = CLOSED
         self.consecutive = 0
+        self.epoch = 0
         self.opened_at = 0.0
         self.trial = False
         self.quiet = True
@@ -148,17 +157,24 @@ class CircuitBreaker:
         self.state = CLOSED
         return True
 
-    def record_failure(self, trial: bool) -> bool:
+    def record_failure(self, trial: bool, began: int | None = None) -> bool:
         """A call raised, returned something invalid or timed out (``trial``: it was the TRIAL).
+
+        ``began`` is the ``epoch`` read when the call began (None: count it in any case). A call
+        that began before another fault was counted overlapped with it: the same burst, not
+        counted again (a failed trial always counts).
 
         Returns True when this opened the circuit: a failed trial, or the ``threshold``-th
         consecutive fault of a closed circuit. A fault while the circuit is already open or
         half-open (a call admitted before it opened) only counts.
         """
-        self.consecutive += 1
         self.quiet = False
         if trial:
             self.trial = False
+        elif began is not None and began != self.epoch:
+            return False  # overlapped with a fault already counted: one burst
+        self.consecutive += 1
+        self.epoch += 1
         threshold = self._threshold
         if trial or (
             threshold is not None and self.state is CLOSED and self.consecutive >= threshold

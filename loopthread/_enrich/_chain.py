@@ -29,12 +29,13 @@ from loopthread import _process
 from loopthread._core._component import ComponentBase, StopPhase
 from loopthread._default import current_default, default
 from loopthread._enrich._breaker import OPEN, CircuitBreaker
-from loopthread._enrich._eager import Runner, Suspended
+from loopthread._enrich._eager import Pending, Runner
 from loopthread._enrich._hooks import Lifecycle
+from loopthread._enrich._merge import MergeFunction, Merger, check_merge
 from loopthread._enrich._slots import Enricher, Event, log, make_slots
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
 from loopthread._log import RateLimiter
-from loopthread._stats import ChainStats, EnricherStats
+from loopthread._stats import ChainStats
 from loopthread._util import describe
 from loopthread._validate import check_choice, check_positive_int, check_timeout, close_awaitables
 
@@ -55,14 +56,22 @@ class EnricherChain(ComponentBase):
             plain functions run in the loop thread's shared executor.
         mode: ``"parallel"`` (all get the same input, run concurrently, fields merged in the
             order given) or ``"sequential"`` (each sees the event enriched so far).
-        timeout: seconds each enricher may take (None: no limit); an enricher's own
-            ``timeout`` (attribute or :func:`loopthread.enricher`) overrides it.
+        merge: how each enricher's fields go into the event: ``"flat"`` (``dict.update``: the
+            later enricher wins a key), ``"deep"`` (nested mappings merged key by key, e.g.
+            fapilog's ``context`` groups), or a plain function ``(event, fields) -> mapping``
+            returning the merged event (it may update the dict it gets and return it).
+        timeout: seconds each enricher may take (None: no limit), from its start (a wait for
+            a place, see ``max_concurrency``, does not count); an enricher's own ``timeout``
+            (attribute or :func:`loopthread.enricher`) overrides it.
+        max_concurrency: how many calls of each enricher may run at once (None: no limit);
+            the others wait for a place in order. An enricher's own ``max_concurrency``
+            (attribute or :func:`loopthread.enricher`) overrides it.
         loop_thread: where to run (None: ``loopthread.default()``, looked up at first use).
         on_unavailable: what ``enrich_sync`` does when the loop is unavailable or its overall
             timeout expires: ``"passthrough"`` returns a copy of the event (counted as
             degraded), ``"raise"`` raises.
         failure_threshold: consecutive failures or timeouts that open an enricher's circuit
-            (None: never open it).
+            (None: never open it); calls that overlap count once (a burst is one fault).
         cooldown: seconds an open circuit skips the enricher before one trial call.
         hook_timeout: seconds each ``startup()`` and ``shutdown()`` may take.
         clock: the circuit breaker's clock (``time.monotonic``; injectable for tests).
@@ -77,7 +86,9 @@ class EnricherChain(ComponentBase):
         enrichers: Iterable[Enricher],
         *,
         mode: Literal["parallel", "sequential"] = "parallel",
+        merge: Literal["flat", "deep"] | MergeFunction = "flat",
         timeout: float | None = 0.1,
+        max_concurrency: int | None = None,
         loop_thread: LoopThread | None = None,
         on_unavailable: Literal["passthrough", "raise"] = "passthrough",
         failure_threshold: int | None = 5,
@@ -89,6 +100,7 @@ class EnricherChain(ComponentBase):
         from loopthread._loopthread import LoopThread
 
         self._mode = check_choice(mode, "mode", ("parallel", "sequential"))
+        merge_function = check_merge(merge)
         default_timeout = check_timeout(timeout)
         self._raise = (
             check_choice(on_unavailable, "on_unavailable", ("passthrough", "raise")) == "raise"
@@ -100,6 +112,8 @@ class EnricherChain(ComponentBase):
             )
         if failure_threshold is not None:
             check_positive_int(failure_threshold, "failure_threshold")
+        if max_concurrency is not None:
+            check_positive_int(max_concurrency, "max_concurrency")
         cooldown_s = check_timeout(cooldown, "cooldown")
         if cooldown_s is None:
             raise ValueError(
@@ -111,13 +125,16 @@ class EnricherChain(ComponentBase):
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None; got {name!r}.")
         breaker = functools.partial(CircuitBreaker, failure_threshold, cooldown_s, clock)
-        self._slots = make_slots(enrichers, default_timeout, breaker)
+        self._slots = make_slots(enrichers, default_timeout, breaker, max_concurrency)
         self._name = name or f"chain-{next(_chain_ids)}"
         self._parallel = self._mode == "parallel"
         self._loop_thread = loop_thread
         hook_timeout = check_timeout(hook_timeout, "hook_timeout")
         self._clock = clock
         self._runner = Runner(self._name, self._slots)
+        self._merger = (
+            None if merge_function is None else Merger(self._name, self._slots, merge_function)
+        )
         self._hooks = Lifecycle(self._name, self._slots, hook_timeout)
 
         # Bound to one loop at a time (the default loop is replaced after fork or death).
@@ -163,23 +180,30 @@ class EnricherChain(ComponentBase):
         if not self._hooks.started:
             await self._hooks.ensure_started(loop)
         self._events += 1
+        merger = self._merger
         if self._parallel:
             base = dict(event)
             results = await self._runner.parallel(base, loop)
             out = dict(base)  # enrichers timed out in the executor may still read `base`
-            for fields in results:
+            for index, fields in enumerate(results):
                 if fields:
-                    out.update(fields)
+                    if merger is None:
+                        out.update(fields)
+                    else:
+                        out = merger.merge(out, fields, index)
             return out
         current = dict(event)
         runner = self._runner
-        for slot in self._slots:
+        for index, slot in enumerate(self._slots):
             started = runner.start(slot, current)
-            fields = (
-                await runner.finish(started, loop) if isinstance(started, Suspended) else started
-            )
+            fields = await runner.finish(started, loop) if isinstance(started, Pending) else started
             if fields:
-                current = {**current, **fields}
+                # A new dict each time: an enricher timed out in the executor may still read
+                # the one it was given.
+                if merger is None:
+                    current = {**current, **fields}
+                else:
+                    current = merger.merge(dict(current), fields, index)
         return current
 
     def enrich_sync(self, event: Event, *, timeout: float | None = None) -> dict[str, Any]:
@@ -222,33 +246,15 @@ class EnricherChain(ComponentBase):
 
     def stats(self) -> ChainStats:
         """A snapshot of the counters (safe from any thread)."""
-        now: float | None = None
-        enrichers = []
-        for s in self._slots:
-            circuit = s.breaker.state
-            if circuit is OPEN:
-                now = self._clock() if now is None else now
-                circuit = s.breaker.state_at(now)
-            enrichers.append(
-                EnricherStats(
-                    name=s.name,
-                    calls=s.calls,
-                    ok=s.ok,
-                    failures=s.failures,
-                    timeouts=s.timeouts,
-                    skipped=s.skipped,
-                    time=s.time,
-                    circuit=circuit.value,
-                    disabled=s.disabled,
-                )
-            )
+        now = self._clock() if any(s.breaker.state is OPEN for s in self._slots) else 0.0
         return ChainStats(
             name=self._name,
             mode=self._mode,
             events=self._events,
             degraded=self._degraded,
             startup_failures=self._hooks.failures,
-            enrichers=tuple(enrichers),
+            enrichers=tuple(s.stats(now) for s in self._slots),
+            merge_failures=0 if self._merger is None else self._merger.failures,
         )
 
     def __repr__(self) -> str:
@@ -283,6 +289,7 @@ class EnricherChain(ComponentBase):
             for slot in self._slots:
                 slot.breaker.release()  # a trial in flight on the old loop never reports
                 slot.disabled = False
+                slot.reset_places()
             # A loop that is stopping refuses new components: the chain still enriches what it
             # drains (its enrichers' shutdown() is then not owed by this stop).
             with contextlib.suppress(LoopNotRunningError):

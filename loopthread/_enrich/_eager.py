@@ -12,6 +12,12 @@ Design notes (why it is built this way):
 * A call's outcome is recorded here, on the loop thread, with no lock: the slot's counters,
   its circuit breaker (which only decides; the logging is done here, rate-limited, after the
   state changed), and a fault never propagates to the event: it contributes nothing.
+* ``max_concurrency``: a call of an enricher whose places are all taken waits (:class:`Queued`)
+  for one, first come first served; a call that ends hands its place straight to the next in
+  line. The wait is counted in ``queue_time``, apart from the enricher's own ``time``, and the
+  enricher's timeout and its circuit breaker's admission start only once it has a place: a
+  burst against a pool of 4 is 4 calls at a time, each with its full budget, and once the
+  circuit opens the calls still waiting are skipped at once.
 
 :class:`Runner` holds what that needs of its chain (the name, the log rate limiter);
 :class:`Suspended`, :func:`_steps` and :func:`_resume` are the stepping itself.
@@ -20,6 +26,7 @@ Design notes (why it is built this way):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import time
@@ -30,7 +37,7 @@ from typing import Any
 
 from loopthread._enrich._breaker import SKIP, TRIAL
 from loopthread._enrich._slots import (
-    Enricher,
+    EnricherCallable,
     EnricherResult,
     Slot,
     cancelled_from_outside,
@@ -39,13 +46,13 @@ from loopthread._enrich._slots import (
 from loopthread._log import RateLimiter
 from loopthread._util import describe
 
-__all__ = ["Runner", "Suspended"]
+__all__ = ["Pending", "Queued", "Runner", "Suspended"]
 
 
 class Suspended:
     """An enricher whose first step awaited something: the rest runs under its deadline."""
 
-    __slots__ = ("slot", "started", "steps", "trial", "yielded")
+    __slots__ = ("began", "slot", "started", "steps", "trial", "yielded")
 
     def __init__(
         self,
@@ -54,12 +61,28 @@ class Suspended:
         yielded: object,
         trial: bool,
         started: float,
+        *,
+        began: int,
     ) -> None:
         self.slot = slot
         self.steps = steps
         self.yielded = yielded
         self.trial = trial
         self.started = started
+        self.began = began  # the breaker's epoch when the call began
+
+
+class Queued:
+    """A call of an enricher whose ``max_concurrency`` places are all taken: not begun yet."""
+
+    __slots__ = ("event", "slot")
+
+    def __init__(self, slot: Slot, event: dict[str, Any]) -> None:
+        self.slot = slot
+        self.event = event
+
+
+Pending = Suspended | Queued
 
 
 class Runner:
@@ -84,7 +107,7 @@ class Runner:
         results: list[EnricherResult] = []
         for index, slot in enumerate(slots):
             started = self.start(slot, base)
-            if not isinstance(started, Suspended):
+            if not isinstance(started, Pending):
                 results.append(started)
                 continue
             tasks = [loop.create_task(self._call(s, base, loop)) for s in slots[index + 1 :]]
@@ -102,17 +125,31 @@ class Runner:
         self, slot: Slot, event: dict[str, Any], loop: asyncio.AbstractEventLoop
     ) -> EnricherResult:
         started = self.start(slot, event)
-        if isinstance(started, Suspended):
+        if isinstance(started, Pending):
             return await self.finish(started, loop)
         return started
 
-    def start(self, slot: Slot, event: dict[str, Any]) -> EnricherResult | Suspended:
+    def start(self, slot: Slot, event: dict[str, Any]) -> EnricherResult | Pending:
         """Admit ``slot`` and run its first step now, in the calling task.
 
-        Returns its fields (None when skipped or faulted), or a :class:`Suspended` when the
-        enricher awaits something: its deadline is only armed then, which keeps a timer off
-        the path of enrichers that answer at once.
+        Returns its fields (None when skipped or faulted), a :class:`Suspended` when the
+        enricher awaits something (its deadline is only armed then, which keeps a timer off
+        the path of enrichers that answer at once), or a :class:`Queued` when all its places
+        are taken.
         """
+        limit = slot.limit
+        if limit is None:
+            return self._begin(slot, event)
+        if slot.active >= limit:
+            slot.queued += 1
+            return Queued(slot, event)
+        slot.active += 1
+        started = self._begin(slot, event)
+        if not isinstance(started, Suspended):
+            self._release(slot)
+        return started
+
+    def _begin(self, slot: Slot, event: dict[str, Any]) -> EnricherResult | Suspended:
         trial = False
         if not slot.breaker.quiet or slot.disabled:
             admission = SKIP if slot.disabled else slot.breaker.admit()
@@ -121,6 +158,7 @@ class Runner:
                 return None
             trial = admission is TRIAL
         slot.calls += 1
+        began = slot.breaker.epoch
         started = time.perf_counter()
         steps: Generator[Any, Any, Any] | Coroutine[Any, Any, Any]
         try:
@@ -132,14 +170,68 @@ class Runner:
             yielded = steps.send(None)
         except StopIteration as stop:
             slot.time += time.perf_counter() - started
-            return self._outcome(slot, stop.value, None, trial, expired=False)
+            return self._outcome(slot, stop.value, None, trial, began, expired=False)
         except BaseException as exc:  # noqa: BLE001 - enricher faults are isolated
             slot.time += time.perf_counter() - started
-            return self._outcome(slot, None, exc, trial, expired=False)
-        return Suspended(slot, steps, yielded, trial, started)
+            return self._outcome(slot, None, exc, trial, began, expired=False)
+        return Suspended(slot, steps, yielded, trial, started, began=began)
 
-    async def finish(self, pending: Suspended, loop: asyncio.AbstractEventLoop) -> EnricherResult:
-        """Drive a suspended enricher to its end under its deadline."""
+    async def finish(self, pending: Pending, loop: asyncio.AbstractEventLoop) -> EnricherResult:
+        """Drive a suspended enricher to its end under its deadline (a queued one once it got
+        a place)."""
+        if type(pending) is Queued:
+            started = await self._queue(pending, loop)
+            if not isinstance(started, Suspended):
+                return started
+            pending = started
+        assert isinstance(pending, Suspended)
+        if pending.slot.limit is None:
+            return await self._drive(pending, loop)
+        try:
+            return await self._drive(pending, loop)
+        finally:
+            self._release(pending.slot)
+
+    async def _queue(
+        self, queued: Queued, loop: asyncio.AbstractEventLoop
+    ) -> EnricherResult | Suspended:
+        """Wait for a place of ``queued.slot``, then begin the call (holding the place)."""
+        slot = queued.slot
+        waiter: asyncio.Future[None] = loop.create_future()
+        slot.waiters.append(waiter)
+        waited = time.perf_counter()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release(slot)  # handed a place just as this was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    slot.waiters.remove(waiter)
+            raise
+        finally:
+            slot.queue_time += time.perf_counter() - waited
+        try:
+            started = self._begin(slot, queued.event)
+        except BaseException:
+            self._release(slot)
+            raise
+        if not isinstance(started, Suspended):
+            self._release(slot)
+        return started
+
+    @staticmethod
+    def _release(slot: Slot) -> None:
+        """A call of ``slot`` ended: its place goes to the first call waiting, if any."""
+        waiters = slot.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():  # (a waiter cancelled with its task is done)
+                waiter.set_result(None)
+                return
+        slot.active -= 1
+
+    async def _drive(self, pending: Suspended, loop: asyncio.AbstractEventLoop) -> EnricherResult:
         slot = pending.slot
         deadline = None
         if slot.timeout is not None:
@@ -170,7 +262,7 @@ class Runner:
         slot.time += time.perf_counter() - pending.started
         # expired() also catches an enricher that swallowed its cancellation and returned.
         expired = deadline is not None and deadline.expired()
-        return self._outcome(slot, result, error, pending.trial, expired=expired)
+        return self._outcome(slot, result, error, pending.trial, pending.began, expired=expired)
 
     def _outcome(
         self,
@@ -178,17 +270,18 @@ class Runner:
         result: object,
         error: BaseException | None,
         trial: bool,
+        began: int,
         *,
         expired: bool,
     ) -> EnricherResult:
         if expired:
-            self._on_fault(slot, "timeout", None, trial)
+            self._on_fault(slot, "timeout", None, trial, began)
             return None
         if error is not None:
-            self._on_fault(slot, "error", error, trial)
+            self._on_fault(slot, "error", error, trial, began)
             return None
         if result is not None and type(result) is not dict and not isinstance(result, Mapping):
-            self._on_fault(slot, "invalid", result, trial)
+            self._on_fault(slot, "invalid", result, trial, began)
             return None
         slot.ok += 1
         breaker = slot.breaker
@@ -196,13 +289,13 @@ class Runner:
             log("info", "enricher.circuit_closed", chain=self._chain, enricher=slot.name)
         return result
 
-    def _on_fault(self, slot: Slot, kind: str, detail: object, trial: bool) -> None:
+    def _on_fault(self, slot: Slot, kind: str, detail: object, trial: bool, began: int) -> None:
         if kind == "timeout":
             slot.timeouts += 1
         else:
             slot.failures += 1
         breaker = slot.breaker
-        opened = breaker.record_failure(trial)
+        opened = breaker.record_failure(trial, began)
         suppressed = self._log_limiter.allow((slot.name, kind))
         if suppressed is not None:
             fields: dict[str, Any] = {"chain": self._chain, "enricher": slot.name}
@@ -233,7 +326,7 @@ class Runner:
             )
 
 
-async def _in_executor(fn: Enricher, event: dict[str, Any]) -> EnricherResult:
+async def _in_executor(fn: EnricherCallable, event: dict[str, Any]) -> EnricherResult:
     # run_in_executor does not carry contextvars over: run the function in a copy.
     ctx = contextvars.copy_context()
     result = await asyncio.get_running_loop().run_in_executor(None, ctx.run, fn, event)

@@ -1,5 +1,5 @@
 """The enrichers' own lifecycle: ``startup()`` once per loop before first use, ``shutdown()``
-at stop.
+at stop (``start()`` and ``stop()``, fapilog's names, when an enricher has not the others).
 
 Design notes (why it is built this way):
 
@@ -42,11 +42,7 @@ class Lifecycle:
         self._chain = chain
         self._slots = slots
         self._hook_timeout = hook_timeout
-        self.has_hooks = any(
-            callable(getattr(s.target, "startup", None))
-            or callable(getattr(s.target, "shutdown", None))
-            for s in slots
-        )
+        self.has_hooks = any(s.startup is not None or s.shutdown is not None for s in slots)
         self.started = not self.has_hooks
         self.task: asyncio.Task[None] | None = None
         self.failures = 0
@@ -69,17 +65,18 @@ class Lifecycle:
             await asyncio.shield(task)
 
     async def _startup(self) -> None:
-        hooked = [s for s in self._slots if callable(getattr(s.target, "startup", None))]
+        hooked = [s for s in self._slots if s.startup is not None]
         await asyncio.gather(*[self._start_one(s) for s in hooked])
         for slot in self._slots:
-            if not callable(getattr(slot.target, "startup", None)) and not slot.disabled:
+            if slot.startup is None and not slot.disabled:
                 slot.started = True
         self.started = True
 
     async def _start_one(self, slot: Slot) -> None:
         try:
             async with asyncio.timeout(self._hook_timeout):
-                result = slot.target.startup()  # type: ignore[attr-defined]
+                assert slot.startup is not None
+                result = slot.startup()
                 if inspect.isawaitable(result):
                     await result
             slot.started = True  # from now on stop() shuts it down, whatever else happens
@@ -105,9 +102,7 @@ class Lifecycle:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait({task}, timeout=max(CLOSE_FLOOR, deadline - time.monotonic()))
-        closing = [
-            s for s in self._slots if s.started and callable(getattr(s.target, "shutdown", None))
-        ]
+        closing = [s for s in self._slots if s.started and s.shutdown is not None]
         for slot in closing:
             slot.started = False
         if closing:
@@ -137,7 +132,8 @@ class _Shutdown:
     async def _one(self, slot: Slot, limit: float | None) -> None:
         try:
             async with asyncio.timeout(limit):
-                result = slot.target.shutdown()  # type: ignore[attr-defined]
+                assert slot.shutdown is not None
+                result = slot.shutdown()
                 if inspect.isawaitable(result):
                     await result
         except BaseException as exc:  # one failing shutdown must not skip the others
