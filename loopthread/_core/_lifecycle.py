@@ -173,8 +173,11 @@ class Lifecycle(LoopThreadBody):
             _process.unregister(self)
         elif state is State.RUNNING:
             self._seal()
-            self._stop_loop()
+            # Logged before the loop is told, so that "stopping" always comes before the loop
+            # thread's "stopped". No lock is held; a Ctrl-C here leaves STOPPING with the loop
+            # not told, which the next stop() repairs (above).
             self._log_event("loop_thread.stopping", level="debug")
+            self._stop_loop()
         return state
 
     def _stop_loop(self) -> None:
