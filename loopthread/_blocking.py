@@ -11,6 +11,7 @@ from loopthread._default import default
 from loopthread._exceptions import WouldDeadlockError
 from loopthread._loopthread import LoopThread
 from loopthread._validate import check_timeout
+from loopthread._validate import is_async_callable as _is_async_callable
 
 __all__ = ["blocking", "run"]
 
@@ -111,14 +112,6 @@ def blocking(
     if fn is not None:
         return decorate(fn)
     return decorate
-
-
-def _is_async_callable(obj: object) -> bool:
-    """An ``async def`` function, a partial of one, or an object with an async ``__call__``."""
-    if inspect.iscoroutinefunction(obj):
-        return True
-    call = getattr(type(obj), "__call__", None)  # noqa: B004 - the method itself is asked about
-    return callable(obj) and not inspect.isfunction(obj) and inspect.iscoroutinefunction(call)
 
 
 def _iterating(

@@ -97,7 +97,8 @@ def configure_default(**options: Any) -> None:
     LoopThread(NAME, **options)
     with _lock:
         lt = _default
-        live = lt is not None and lt.state in ("starting", "running")
+        # "new" too: another thread's default() made it and is about to start it.
+        live = lt is not None and lt.state in ("new", "starting", "running")
         if live and _effective(options) != _default_options:
             raise LoopThreadError(
                 f"configure_default() was called after the default LoopThread started with "
@@ -192,7 +193,16 @@ def _make_default() -> LoopThread:
                     "work submitted from atexit handlers cannot run on it."
                 )
             options = _effective(_options)
-            lt = LoopThread(NAME, **options)
+            try:
+                lt = LoopThread(NAME, **options)
+            except (TypeError, ValueError) as exc:
+                from_env = sorted(set(_from_environment(os.environ)) - set(_options))
+                if not from_env:
+                    raise
+                raise type(exc)(
+                    f"{exc} (the default LoopThread's {', '.join(from_env)} came from LOOPTHREAD_* "
+                    "environment variables)"
+                ) from exc
             _default, _default_options = lt, options
     lt.start()  # concurrent callers share it: start() is idempotent and waits for the loop
     return lt
@@ -207,7 +217,7 @@ def _seconds_or_off(text: str) -> float | None:
     if text.strip().lower() in ("off", "none", ""):
         return None
     value = float(text)
-    if math.isnan(value) or value <= 0:
+    if math.isnan(value) or math.isinf(value) or value < 0:
         raise ValueError(text)
     return value
 
@@ -233,7 +243,7 @@ def _metrics(text: str) -> Any:
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "LOOPTHREAD_UVLOOP": ("uvloop", _flag, "1 or 0"),
     "LOOPTHREAD_EXECUTOR_WORKERS": ("executor_workers", int, "a number of threads"),
-    "LOOPTHREAD_CANCEL_GRACE": ("cancel_grace", _seconds_or_off, "seconds, or off"),
+    "LOOPTHREAD_CANCEL_GRACE": ("cancel_grace", _seconds_or_off, "seconds, or none (no limit)"),
     "LOOPTHREAD_LAG_INTERVAL": ("lag_interval", _seconds_or_off, "seconds, or off"),
     "LOOPTHREAD_SLOW_CALLBACK": ("slow_callback", _seconds_or_off, "seconds, or off"),
     "LOOPTHREAD_METRICS": ("metrics_registry", _metrics, "1 (the default registry) or 0"),

@@ -200,7 +200,7 @@ class LoopThread(LoopThreadCore):
         Raises:
             TypeError: ``cm`` is not an async context manager.
         """
-        from loopthread._bridge import EnteredContext
+        from loopthread._enter import EnteredContext
 
         return EnteredContext(self, cm)
 
@@ -213,7 +213,8 @@ class LoopThread(LoopThreadCore):
             TypeError: ``cm`` is not an async context manager.
             BaseException: what ``__aenter__`` raised.
         """
-        from loopthread._bridge import EnteredContext, OnStop
+        from loopthread._bridge import OnStop
+        from loopthread._enter import EnteredContext
 
         entered = EnteredContext(self, cm)
         value = entered.enter_for_lifetime()
@@ -235,7 +236,7 @@ class LoopThread(LoopThreadCore):
             TypeError: ``source`` is not an async iterable.
             WouldDeadlockError: called on the loop thread (use ``async for`` there).
         """
-        from loopthread._bridge import iterate
+        from loopthread._iterate import iterate
 
         return iterate(self, source, timeout, read_ahead)
 

@@ -29,6 +29,7 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
+from loopthread._exceptions import LoopThreadError
 from loopthread._validate import check_timeout
 
 if TYPE_CHECKING:
@@ -78,6 +79,11 @@ class SyncFacade(Generic[A]):
         return self._loop_thread if self._loop_thread is not None else _default()
 
     def __enter__(self) -> Self:
+        if self._entered is not None:
+            raise LoopThreadError(
+                f"this {type(self).__name__} is entered already (its async object's context is "
+                "open); use one `with` per facade, or make another facade."
+            )
         if hasattr(type(self.async_obj), "__aenter__"):
             entered: AbstractContextManager[Any] = self.loop_thread.enter(self.async_obj)  # type: ignore[arg-type]
             entered.__enter__()

@@ -139,3 +139,11 @@ def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
         raise ValueError(f"{name} must be one of {allowed}; got {value!r}.")
     assert isinstance(value, str)
     return value
+
+
+def is_async_callable(obj: object) -> bool:
+    """An ``async def`` function, a partial of one, or an object with an async ``__call__``."""
+    if inspect.iscoroutinefunction(obj):
+        return True
+    call = getattr(type(obj), "__call__", None)  # noqa: B004 - the method itself is asked about
+    return callable(obj) and not inspect.isfunction(obj) and inspect.iscoroutinefunction(call)

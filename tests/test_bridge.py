@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import gc
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -432,7 +432,154 @@ def test_stop_while_a_context_is_entered_exits_it_like_a_cancelled_async_with() 
             return False
 
     lt = LoopThread("stop-inside", metrics_registry=None).start()
-    stopped = "exited when LoopThread 'stop-inside' stopped"
+    stopped = "LoopThread 'stop-inside' was stopped"
     with pytest.raises(LoopNotRunningError, match=stopped), lt.enter(CM()):
         assert lt.stop(timeout=5).finished
     assert events == ["enter", ("exit", asyncio.CancelledError)]
+
+
+# ---------------------------------------------------------------------- what a review broke
+
+
+def test_iterate_raises_a_failing_aiter_at_once(lt: LoopThread) -> None:
+    class Broken:
+        def __aiter__(self) -> AsyncIterator[int]:
+            raise ValueError("boom in __aiter__")
+
+    with pytest.raises(ValueError, match="boom in __aiter__"):
+        list(lt.iterate(Broken(), timeout=10))
+
+
+def _block_then_abandon(lt: LoopThread, entered: threading.Event) -> threading.Thread:
+    """Block lt's loop (a coroutine that never awaits) and have stop() give up on it."""
+
+    async def blocker() -> None:
+        entered.wait(10)
+        threading.Event().wait(2)  # blocks the loop thread itself
+
+    lt.submit(blocker())
+
+    def stop() -> None:
+        entered.wait(10)
+        lt.stop(timeout=0.2)
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    return stopper
+
+
+@pytest.mark.parametrize("use", ["iterate", "enter"])
+def test_a_caller_waiting_in_iterate_or_enter_is_answered_when_stop_gives_up(use: str) -> None:
+    lt = LoopThread("abandoned", metrics_registry=None, cancel_grace=0.2).start()
+    entered = threading.Event()
+    stopper = _block_then_abandon(lt, entered)
+
+    class Slow:
+        async def __aenter__(self) -> None:
+            await asyncio.sleep(10)
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    def wait_in_it() -> None:
+        if use == "iterate":
+            list(lt.iterate(counting(5, []), timeout=10))
+        else:
+            with lt.enter(Slow()):
+                pass
+
+    entered.set()
+    with pytest.raises(LoopNotRunningError):
+        wait_in_it()
+    stopper.join(10)
+
+
+def test_enter_and_enter_context_on_the_loop_thread_refuse(lt: LoopThread) -> None:
+    async def inner() -> list[str]:
+        messages = []
+        uses: list[Callable[[], object]] = [
+            lambda: lt.enter(Recorder()).__enter__(),
+            lambda: lt.enter_context(Recorder()),
+        ]
+        for use in uses:
+            try:
+                use()
+            except WouldDeadlockError as exc:
+                messages.append(str(exc))
+        return messages
+
+    messages = lt.run(inner(), timeout=5)
+    assert len(messages) == 2
+    assert all("async with" in m for m in messages)
+    assert lt.run(asyncio.sleep(0, "alive"), timeout=5) == "alive"
+
+
+def test_an_iterator_finalized_on_the_loop_thread_does_not_stall_the_loop() -> None:
+    lt = LoopThread("finalize", metrics_registry=None, cancel_grace=5.0).start()
+    try:
+        log: list[str] = []
+        holder = [lt.iterate(counting(10_000, log))]
+        assert next(holder[0]) == 0
+        import time
+
+        t0 = time.monotonic()
+        lt.run_sync(holder.clear)  # the last reference goes on the loop thread
+        assert time.monotonic() - t0 < 2.5  # not cancel_grace=5
+        assert lt.run(asyncio.sleep(0, "alive"), timeout=5) == "alive"
+    finally:
+        lt.stop(timeout=5)
+
+
+def test_stop_in_the_middle_of_iterate_is_an_error_not_the_end() -> None:
+    lt = LoopThread("stop-mid", metrics_registry=None).start()
+
+    async def endless() -> AsyncIterator[int]:
+        i = 0
+        while True:
+            await asyncio.sleep(0)
+            yield i
+            i += 1
+
+    items = lt.iterate(endless(), read_ahead=4)
+    assert next(items) == 0
+    lt.stop(timeout=1)
+    with pytest.raises(LoopNotRunningError, match="stopped"):
+        for _ in items:
+            pass
+
+
+def test_stop_during_a_slow_aenter_is_loop_not_running() -> None:
+    lt = LoopThread("stop-aenter", metrics_registry=None).start()
+    entering = threading.Event()
+
+    class Slow:
+        async def __aenter__(self) -> None:
+            entering.set()
+            await asyncio.sleep(30)
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    stopper = threading.Thread(target=lambda: (entering.wait(10), lt.stop(timeout=1)))
+    stopper.start()
+    with pytest.raises(LoopNotRunningError), lt.enter(Slow()):
+        pass
+    stopper.join(10)
+
+
+def test_run_sync_and_on_stop_refuse_the_wrong_kind_of_function(lt: LoopThread) -> None:
+    async def async_fn() -> None:
+        return None
+
+    with pytest.raises(TypeError, match=r"plain \(sync\) function.*lt.call"):
+        lt.run_sync(async_fn)  # type: ignore[unused-coroutine]
+    with pytest.raises(TypeError, match="async function of no arguments"):
+        lt.on_stop(lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def test_a_blocking_done_callback_does_not_stall_the_loop(lt: LoopThread) -> None:
+    release = threading.Event()
+    future = lt.submit(asyncio.sleep(0, "x"))
+    future.add_done_callback(lambda _: release.wait(10))
+    assert lt.run(asyncio.sleep(0, "alive"), timeout=5) == "alive"  # while the callback waits
+    release.set()

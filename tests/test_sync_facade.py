@@ -98,3 +98,11 @@ def test_sync_method_refuses_what_is_not_an_async_method() -> None:
 
     with pytest.raises(TypeError, match="async def"):
         sync_method(plain)  # type: ignore[arg-type]
+
+
+def test_entering_a_facade_twice_is_refused(lt: LoopThread) -> None:
+    from loopthread import LoopThreadError
+
+    client = SyncClient(AsyncClient(), loop_thread=lt)
+    with client, pytest.raises(LoopThreadError, match="entered already"), client:
+        pass

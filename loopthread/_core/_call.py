@@ -153,7 +153,10 @@ class FutureCall(Call):
             return
         if lock.acquire(False):
             try:
-                if not getattr(future, "_waiters", None):
+                # A done-callback of the user's (beyond submit's own) may block: it runs in the
+                # completer thread, as concurrent.futures runs callbacks in the setting thread.
+                callbacks = getattr(future, "_done_callbacks", ())
+                if not getattr(future, "_waiters", None) and len(callbacks) <= 1:
                     self._set_outcome()  # re-enters the (reentrant) lock
                     return
             finally:
