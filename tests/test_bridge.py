@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -583,3 +585,93 @@ def test_a_blocking_done_callback_does_not_stall_the_loop(lt: LoopThread) -> Non
     future.add_done_callback(lambda _: release.wait(10))
     assert lt.run(asyncio.sleep(0, "alive"), timeout=5) == "alive"  # while the callback waits
     release.set()
+
+
+# ---------------------------------------------------------------------- Ctrl-C and fork
+
+
+def _ctrl_c_when(ready: threading.Event) -> threading.Thread:
+    main = threading.main_thread().ident
+    assert main == threading.get_ident(), "signals are delivered to the main thread"
+
+    def send() -> None:
+        if ready.wait(10):
+            signal.pthread_kill(main, signal.SIGINT)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    return sender
+
+
+def test_ctrl_c_while_iterating_acloses_the_source_before_it_reaches_the_caller(
+    lt: LoopThread,
+) -> None:
+    log: list[str] = []
+    parked = threading.Event()
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            yield 1
+            parked.set()
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0)
+            log.append("finally")
+
+    received = threading.Event()
+    _ctrl_c_when(received)
+    got: list[int] = []
+
+    def read_all() -> None:
+        for item in lt.iterate(source(), timeout=20):
+            got.append(item)
+            received.set()  # Ctrl-C lands while the next item is awaited
+
+    with pytest.raises(KeyboardInterrupt):
+        read_all()
+    assert got == [1]
+    assert log == ["finally"]  # cleanup ran before the interrupt reached us
+
+
+def test_ctrl_c_inside_an_entered_block_exits_the_context_with_it(lt: LoopThread) -> None:
+    cm = Recorder()
+    inside = threading.Event()
+    _ctrl_c_when(inside)
+    with pytest.raises(KeyboardInterrupt), lt.enter(cm):  # noqa: PT012 - the block is the test
+        inside.set()
+        threading.Event().wait(20)  # interrupted here
+    assert cm.events[0] == "enter"
+    assert cm.events[1][:2] == ("exit", KeyboardInterrupt)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_iterators_and_contexts_of_the_parent_refuse_clearly_in_a_forked_child(
+    lt: LoopThread,
+) -> None:
+    items = lt.iterate(counting(1000, []), read_ahead=2)
+    assert next(items) == 0
+    entered = lt.enter(Recorder())
+    entered.__enter__()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        answers = []
+        for action in (lambda: list(items), lambda: entered.__exit__(None, None, None)):
+            try:
+                action()
+                answers.append("no error")
+            except LoopNotRunningError as exc:
+                answers.append("forked child" if "forked child" in str(exc) else str(exc))
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                answers.append(repr(exc))
+        os.write(write, "|".join(answers).encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 4096).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer.split("|")[1] == "forked child", answer
+    entered.__exit__(None, None, None)  # the parent's are untouched
+    assert next(items) == 1
