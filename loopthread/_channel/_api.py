@@ -158,6 +158,7 @@ class Channel(Producer[T]):
         # The handler looks sync: _on_wake calls it itself (until it returns an awaitable).
         self._inline = not _looks_async(handler)
         self._loop = loop_thread.loop
+        self._loop_ident = loop_thread.thread.ident  # in_loop_thread(), one call less per wake
         self._ctx = contextvars.Context()  # the handler's context, copied at _start_consumer
         # The wake-up callbacks' own context (given, so a producer copies none), never the
         # handler's: an eager consumer task started from a callback enters _ctx itself.

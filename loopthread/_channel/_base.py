@@ -104,6 +104,7 @@ class ChannelBase(ComponentBase, Generic[T]):
     _active: bool
     _inline: bool
     _loop: asyncio.AbstractEventLoop
+    _loop_ident: int | None
     _ctx: contextvars.Context
     _wake_ctx: contextvars.Context
     _consumer_started: bool

@@ -189,7 +189,7 @@ class Consumer(Drain[T]):
                 try:
                     finished = await self._consume_items(handoff)
                 except asyncio.CancelledError:
-                    handoff = None  # _handle counted it
+                    handoff = None  # _handler_raised counted it
                     task = asyncio.current_task()
                     if self._stop_requested or task is None:
                         self._begin_close("loop_stopped")
@@ -231,14 +231,26 @@ class Consumer(Drain[T]):
                 except IndexError:  # drop_oldest producers evicted some meanwhile
                     if not batch:
                         continue
+                size = len(batch)
                 if self._blocked or self._room_waiters:
-                    self._make_room(len(batch))
-                await self._handle(batch, len(batch), None)
+                    self._make_room(size)
+                # The handler call, inline (not a coroutine of its own: one frame less per batch).
+                self._in_flight = size
+                try:
+                    result = self._handler(batch)
+                    if result is not None and _is_awaitable(result):
+                        await result
+                except BaseException as exc:  # noqa: BLE001 - a handler's fault never kills the channel
+                    self._handler_raised(batch, size, exc)
+                else:
+                    self._handled += size
+                self._in_flight = 0
+                self._batches += 1
                 if self._finished:  # finalized while the handler ran (stop deadline)
                     return True
                 if self._flush_waiters:
                     self._release_flush_waiters()
-                if len(batch) == batch_size:
+                if size == batch_size:
                     await asyncio.sleep(0)  # a steady stream must not starve the loop
                 continue
             if self._closed:
@@ -252,14 +264,22 @@ class Consumer(Drain[T]):
             if not self._park():
                 return False
 
-    async def _handle(self, batch: list[T], size: int, pending: Awaitable[object] | None) -> None:
-        """One handler call (or the rest of one: ``pending``, the awaitable it returned)."""
+    async def _handle(self, batch: list[T], size: int, pending: Awaitable[object]) -> None:
+        """The rest of a handler call made in _on_wake: ``pending``, the awaitable it returned."""
         self._in_flight = size
         try:
-            result = self._handler(batch) if pending is None else pending
-            if result is not None and _is_awaitable(result):
-                await result
-        except asyncio.CancelledError as exc:
+            await pending
+        except BaseException as exc:  # noqa: BLE001 - a handler's fault never kills the channel
+            self._handler_raised(batch, size, exc)
+        else:
+            self._handled += size
+        self._in_flight = 0
+        self._batches += 1
+
+    def _handler_raised(self, batch: list[T], size: int, exc: BaseException) -> None:
+        """Account for a handler call that raised ``exc``; re-raise it if it is the consumer
+        task's own cancellation (stop(), or user code cancelling every task)."""
+        if isinstance(exc, asyncio.CancelledError):
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # Items the handler deleted from the batch before re-raising were finished.
@@ -267,14 +287,8 @@ class Consumer(Drain[T]):
                 self._in_flight = 0
                 self._handled += size - left
                 self._unhandled += left
-                raise
-            self._handler_failed(size, exc)  # the handler's own cancellation, not ours
-        except BaseException as exc:  # noqa: BLE001 - a handler's fault never kills the channel
-            self._handler_failed(size, exc)
-        else:
-            self._handled += size
-        self._in_flight = 0
-        self._batches += 1
+                raise exc
+        self._handler_failed(size, exc)  # a fault, or the handler's own cancellation
 
     def _make_room(self, freed: int) -> None:
         if self._blocked:

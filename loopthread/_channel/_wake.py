@@ -25,6 +25,7 @@ put on a full channel) ask again when the consumer is not running (``_ensure_con
 
 from __future__ import annotations
 
+from threading import get_ident
 from typing import TYPE_CHECKING
 
 from loopthread._channel._base import (
@@ -51,7 +52,7 @@ class WakeProtocol(ChannelBase[T]):
         # We own this park's wake-up: exactly one _on_wake is scheduled for it. A put on the
         # loop thread itself (a coroutine, a handler) needs no self-pipe write.
         try:
-            if self._lt.in_loop_thread():
+            if get_ident() == self._loop_ident:
                 self._loop.call_soon(self._on_wake, context=self._wake_ctx)
             else:
                 self._loop.call_soon_threadsafe(self._on_wake, context=self._wake_ctx)
