@@ -411,18 +411,21 @@ class WakeOrder:
         self.in_task.append(asyncio.current_task() is not None)
 
     def run(self, lt: LoopThread, handler: Callable[[list[int]], Any]) -> list[bool]:
-        ch: Channel[int] = lt.channel(handler)
-        ch.put(0)
-        assert ch.flush(timeout=5)
         self.before.clear()
         self.in_task.clear()
-        for i in range(1, 6):
+        for _ in range(5):
+            # A fresh channel each round: its consumer parks at once after its first batch
+            # (a consumer woken right after it parked lingers first: see Consumer._linger).
+            ch: Channel[int] = lt.channel(handler)
+            ch.put(0)
+            assert ch.flush(timeout=5)
             lt.run(asyncio.sleep(0), timeout=5)  # the consumer parked
             self.marker = threading.Event()
-            ch.put(i)
+            ch.put(1)
             lt.loop.call_soon_threadsafe(self.marker.set)
             assert ch.flush(timeout=5)
-        ch.close(timeout=5)
+            ch.close(timeout=5)
+            del self.before[-2], self.in_task[-2]  # item 0's call
         return self.before
 
 

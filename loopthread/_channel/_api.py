@@ -157,6 +157,9 @@ class Channel(Producer[T]):
         self._active = True
         # The handler looks sync: _on_wake calls it itself (until it returns an awaitable).
         self._inline = not _looks_async(handler)
+        self._streaming = False  # woken soon after its park: lingers before the next one
+        self._parked_at = 0.0  # time.monotonic() of the last park after a batch
+        self._park_batches = 0  # _batches at that park
         self._loop = loop_thread.loop
         self._loop_ident = loop_thread.thread.ident  # in_loop_thread(), one call less per wake
         self._ctx = contextvars.Context()  # the handler's context, copied at _start_consumer

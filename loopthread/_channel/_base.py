@@ -103,6 +103,9 @@ class ChannelBase(ComponentBase, Generic[T]):
     _parked: list[None]
     _active: bool
     _inline: bool
+    _streaming: bool
+    _parked_at: float
+    _park_batches: int
     _loop: asyncio.AbstractEventLoop
     _loop_ident: int | None
     _ctx: contextvars.Context
