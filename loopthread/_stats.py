@@ -40,7 +40,7 @@ class ChannelStats:
         over_limit: items admitted past ``maxsize`` because a ``"block"`` put came from the
             loop thread, where waiting would freeze the consumer.
         batches: handler calls made.
-        wakeups: idle-to-busy wake-ups of the consumer (each one janus token).
+        wakeups: idle-to-busy wake-ups of the consumer (each one call_soon_threadsafe).
         maxsize: the configured bound.
         overflow: the configured policy.
         closed: True once the channel stopped accepting items.

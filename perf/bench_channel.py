@@ -14,8 +14,10 @@ Competitors, interleaved round by round in one run:
 
 Measured: throughput with 1 and 4 producer threads back to back, and with 5 µs of (GIL-holding)
 producer work per event; the producer-side cost of one put; latency from put to the handler at
-1 event/ms and 1 event/50 ms; idle wake-ups of the consumer thread and process CPU, also against
-a 1 ms -> 100 ms adaptive-backoff poller. These run on one LoopThread with the default options
+1 event/ms and 1 event/50 ms, for an async and a sync handler, against the wake-up step by step
+(a bare ``call_soon_threadsafe``, the same plus one step of a parked Task, a janus token); idle
+wake-ups of the consumer thread and process CPU, also against a 1 ms -> 100 ms adaptive-backoff
+poller. These run on one LoopThread with the default options
 (metrics on the global registry, lag monitor, watchdog).
 
 Last, what observability costs the channel: throughput of 1 producer, back to back and with 5 µs
@@ -29,6 +31,7 @@ Run: ``python -m perf.bench_channel [--quick]``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import logging.handlers
@@ -69,6 +72,8 @@ QUEUE = "queue.Queue + consumer thread"
 QUEUE_HANDLER = "QueueHandler + QueueListener"
 POLLER = "1 ms polling thread"
 FLOOR = "call_soon_threadsafe (floor)"
+CHANNEL_SYNC = "ch.put, sync handler"
+FUTURE_TASK = "call_soon_threadsafe + a Task's step (Future wake)"
 CHANNEL_DEFAULT_LT = "ch.put, LoopThread defaults (lag probe, watchdog)"
 BACKOFF = "1->100 ms backoff poller"
 
@@ -385,18 +390,22 @@ def _put_table(samples: dict[str, list[float]]) -> str:
 # ---------------------------------------------------------------- latency
 
 
+RATES = ("1 event/ms", "1 event/50 ms")
+
+
 def _latency(rig: Rig, plan: Plan) -> dict[tuple[str, str], list[float]]:
     """Seconds from put to the handler seeing the event, per event."""
-    rates = {"1 event/ms": (0.001, plan.fast_events), "1 event/50 ms": (0.05, plan.slow_events)}
+    rates = dict(zip(RATES, ((0.001, plan.fast_events), (0.05, plan.slow_events)), strict=True))
     results: dict[tuple[str, str], list[float]] = {}
     for rate, (interval, events) in rates.items():
         competitors: dict[str, Callable[[float, int], list[float]]] = {
             CHANNEL: lambda i, n: _channel_latency(rig, i, n),
+            CHANNEL_SYNC: lambda i, n: _channel_latency(rig, i, n, sync=True),
             POLLER: poller_latency,
+            FLOOR: lambda i, n: _floor_latency(rig, i, n),
+            FUTURE_TASK: lambda i, n: _future_task_latency(rig, i, n),
+            JANUS: lambda i, n: _janus_latency(rig, i, n),
         }
-        competitors[FLOOR] = lambda i, n: _floor_latency(rig, i, n)
-        if interval < 0.01:
-            competitors[JANUS] = lambda i, n: _janus_latency(rig, i, n)
         for _ in range(plan.latency_rounds):
             for name, run in competitors.items():
                 results.setdefault((name, rate), []).extend(run(interval, events))
@@ -409,7 +418,7 @@ def _paced(put: Callable[[float], object], interval: float, events: int) -> None
         put(time.perf_counter())
 
 
-def _channel_latency(rig: Rig, interval: float, events: int) -> list[float]:
+def _channel_latency(rig: Rig, interval: float, events: int, *, sync: bool = False) -> list[float]:
     seen: list[float] = []
     clock = time.perf_counter
 
@@ -417,7 +426,11 @@ def _channel_latency(rig: Rig, interval: float, events: int) -> list[float]:
         now = clock()
         seen.extend(now - t for t in batch)
 
-    ch = rig.lt.channel(handler)
+    def sync_handler(batch: list[float]) -> None:
+        now = clock()
+        seen.extend(now - t for t in batch)
+
+    ch = rig.lt.channel(sync_handler if sync else handler)
     _paced(ch.put, interval, events)
     ch.flush()
     ch.close()
@@ -460,6 +473,37 @@ def _floor_latency(rig: Rig, interval: float, events: int) -> list[float]:
     return seen
 
 
+def _future_task_latency(rig: Rig, interval: float, events: int) -> list[float]:
+    """The floor plus one step of a parked Task: the callback sets the Future the Task awaits
+    (the prototype of the channel's wake-up before it called sync handlers in the callback)."""
+    seen: list[float] = []
+    clock = time.perf_counter
+    loop = rig.lt.loop
+    parked: list[asyncio.Future[float]] = []
+    early: list[float] = []  # a wake-up that came before the Task parked again
+
+    def wake(t: float) -> None:
+        if parked:
+            parked.pop().set_result(t)
+        else:
+            early.append(t)
+
+    async def consume(n: int) -> None:
+        for _ in range(n):
+            if early:
+                t = early.pop()
+            else:
+                future: asyncio.Future[float] = loop.create_future()
+                parked.append(future)
+                t = await future
+            seen.append(clock() - t)
+
+    done = rig.lt.submit(consume(events))
+    _paced(lambda t: loop.call_soon_threadsafe(wake, t), interval, events)
+    done.result()
+    return seen
+
+
 def poller_latency(interval: float, events: int) -> list[float]:
     items: deque[float] = deque()
     seen: list[float] = []
@@ -483,6 +527,7 @@ def _latency_table(results: dict[tuple[str, str], list[float]]) -> str:
     rows = []
     for (name, rate), seen in results.items():
         base = statistics.median(results[(POLLER, rate)])
+        floor = statistics.median(results[(FLOOR, rate)])
         rows.append(
             [
                 rate,
@@ -490,11 +535,13 @@ def _latency_table(results: dict[tuple[str, str], list[float]]) -> str:
                 statistics.median(seen) * 1e6,
                 p99(seen) * 1e6,
                 f"{statistics.median(seen) / base:.2f}x",
+                f"{statistics.median(seen) / floor:.2f}x",
                 len(seen),
             ]
         )
     return markdown_table(
-        ["rate", "competitor", "p50 µs", "p99 µs", "p50 vs poller", "events"], rows
+        ["rate", "competitor", "p50 µs", "p99 µs", "p50 vs poller", "p50 vs floor", "events"],
+        rows,
     )
 
 
@@ -686,11 +733,21 @@ def _targets(
         line(f"{what}: ch.put / raw janus", ratio, "≥ 2x", ratio >= 2)
     put_ratio = statistics.median(puts[PUT_CHANNEL]) / statistics.median(puts[PUT_ENQUEUE])
     line("put cost: ch.put / QueueHandler.enqueue", put_ratio, "≤ 1.2x", put_ratio <= 1.2)
-    for rate in ("1 event/ms", "1 event/50 ms"):
+    for rate in RATES:
         ratio = statistics.median(latency[(CHANNEL, rate)]) / statistics.median(
             latency[(POLLER, rate)]
         )
         line(f"p50 latency at {rate}: ch.put / 1 ms poller", ratio, "≤ 0.2x", ratio <= 0.2)
+    for rate in RATES:
+        floor = statistics.median(latency[(FLOOR, rate)])
+        for name, what in ((CHANNEL_SYNC, "sync handler"), (CHANNEL, "async handler")):
+            ratio = statistics.median(latency[(name, rate)]) / floor
+            line(
+                f"p50 latency at {rate}, {what}: ch.put / call_soon_threadsafe",
+                ratio,
+                "≤ 1.3x",
+                ratio <= 1.3,
+            )
     wakeups = idle[CHANNEL][0]
     if wakeups is None:
         lines.append("- idle wake-ups: not measured (needs Linux /proc)")
@@ -767,7 +824,11 @@ def report(quick: bool = False) -> str:
             "- latency: one producer thread sleeps `interval` between puts; each event "
             "carries its perf_counter() at put time. The floor row is a bare "
             "`loop.call_soon_threadsafe(record, t)`: the OS wake-up of a parked loop thread, "
-            "which no bridge can beat.",
+            "which no bridge can beat. `ch.put (lt.channel)` has an async handler (in the "
+            "consumer task: eager on Python 3.12+, one loop iteration later on 3.11), `ch.put, "
+            "sync handler` a plain one (called in the wake-up callback itself). The Future-wake "
+            "row adds one step of a parked Task to the floor (a callback sets the Future it "
+            "awaits); raw janus is one token per event (the channel's wake-up before).",
             "- idle: the `ch.put (lt.channel)` row runs on a LoopThread with `lag_interval=None`, "
             "which isolates the channel; the defaults row adds the lag probe and the watchdog, "
             "which cost an idle loop nothing (they run only while it has work).",

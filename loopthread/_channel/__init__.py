@@ -1,8 +1,9 @@
 """Channels: synchronous producers push items, one consumer task on the loop handles them.
 
 The parts, each in its own module: the API (:mod:`._api`: ``put``, ``close``, the component
-hooks), the consumer task (:mod:`._consumer`), the accounting and ``flush`` (:mod:`._accounting`),
-the wake-up protocol (:mod:`._wake`), and the shared state (:mod:`._base`).
+hooks), the consumer (:mod:`._consumer`), its drain and finish (:mod:`._drain`), the accounting
+and ``flush`` (:mod:`._accounting`), the wake-up protocol (:mod:`._wake`), the signal-safe
+latch (:mod:`._latch`), and the shared state (:mod:`._base`).
 """
 
 from loopthread._channel._api import Channel

@@ -12,7 +12,6 @@ gone) counts what is left and wakes every waiter.
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import TYPE_CHECKING
 
 from loopthread._channel._base import (
@@ -24,6 +23,7 @@ from loopthread._channel._wake import WakeProtocol
 from loopthread._exceptions import (
     WouldDeadlockError,
 )
+from loopthread._util import Latch
 from loopthread._validate import check_timeout
 
 if TYPE_CHECKING:
@@ -58,11 +58,14 @@ class Accounting(WakeProtocol[T]):
         target = peek(self._accepted)
         if self._flushed(target):
             return True
-        event = threading.Event()
-        waiter = FlushWaiter(target, event=event)
+        latch = Latch()  # set by the loop thread, which must never block on it (see _latch)
+        waiter = FlushWaiter(target, event=latch)
         if self._register(waiter):
-            event.wait(timeout)
-            self._unregister(waiter)
+            try:
+                self._ensure_consumer()
+                latch.wait(timeout)
+            finally:
+                self._unregister(waiter)
         return waiter.done or self._flushed(target)
 
     async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - mirrors flush()
@@ -91,6 +94,8 @@ class Accounting(WakeProtocol[T]):
         future: asyncio.Future[None] = loop.create_future()
         waiter = FlushWaiter(target, future=future)
         if self._register(waiter):
+            if not self._active:  # a wake-up lost to a signal in a producer (see _ensure_consumer)
+                loop.call_soon(self._kick, context=self._wake_ctx)
             try:
                 await asyncio.wait({future}, timeout=timeout)
             finally:
@@ -103,22 +108,22 @@ class Accounting(WakeProtocol[T]):
         # Lost wake-ups, both ways round; one of us sees the other each time:
         # - we add the waiter, then re-read the counters; the consumer updates its counters,
         #   then looks at the waiters;
-        # - we add the waiter, read the deque, then _waiting; the consumer raises _waiting,
-        #   then reads the waiters and the deque (_consume, at the park). An empty deque seen
-        #   before a raised _waiting means everything appended so far went through: while
-        #   _waiting is up the consumer pops nothing, and it raises it only after handling.
-        with self._cond:
+        # - we add the waiter, read the deque, then _active; the consumer lowers _active, then
+        #   reads the waiters and the deque (_park). An empty deque seen before a lowered
+        #   _active means everything appended so far went through: while _active is down the
+        #   consumer pops nothing, and it lowers it only after handling.
+        with self._mutex:
             if self._finished:
                 return False
             self._flush_waiters.append(waiter)
-        if self._gone_through() >= waiter.target or (not self._items and self._waiting):
+        if self._gone_through() >= waiter.target or (not self._items and not self._active):
             waiter.done = True
             self._unregister(waiter)
             return False
         return True
 
     def _unregister(self, waiter: FlushWaiter) -> None:
-        with self._cond:
+        with self._mutex:
             try:
                 self._flush_waiters.remove(waiter)
             except ValueError:  # already released by the consumer
@@ -133,10 +138,10 @@ class Accounting(WakeProtocol[T]):
         if self._gone_through() >= target:
             return True
         # A consumer that finished having lost nothing let everything through, even past a
-        # count with no item (an interrupted put). Under _cond: _finalize sets _finished and
+        # count with no item (an interrupted put). Under _mutex: _finalize sets _finished and
         # counts what is left in one critical section. (A forked child's copy is finished
         # with nothing counted: its items are the parent's.)
-        with self._cond:
+        with self._mutex:
             return (
                 self._finished
                 and self._close_reason != "forked"
@@ -145,11 +150,11 @@ class Accounting(WakeProtocol[T]):
 
     def _settle_late(self) -> bool:
         # close() began while this put was appending. Until the consumer's last look at the
-        # deque (under _cond, with _finished set in the same critical section) the item is
+        # deque (under _mutex, with _finished set in the same critical section) the item is
         # still on its way to the handler. After it, nobody will pop it: take whatever was
         # appended late and count it as unhandled, so nothing is lost silently. The put raced
         # with close(), so True (accepted, then counted) is an honest answer.
-        with self._cond:
+        with self._mutex:
             if not self._finished:
                 return True
             left = self._take_all()
@@ -167,7 +172,7 @@ class Accounting(WakeProtocol[T]):
         """Wake the flush waiters whose items went through: those whose target the consumer
         got past, and those in ``idle`` (read before the consumer found the deque empty)."""
         gone = self._gone_through()
-        with self._cond:
+        with self._mutex:
             waiters = self._flush_waiters
             ready = [w for w in waiters if w.target <= gone or (idle is not None and w in idle)]
             if not ready:
@@ -179,12 +184,12 @@ class Accounting(WakeProtocol[T]):
 
     def _finish_without_loop(self) -> None:
         # The loop is gone (closed) and with it any consumer: count what is left.
-        with self._cond:
+        with self._mutex:
             if not self._finished:
                 self._finished = True
                 self._unhandled += self._take_all()
             waiters, self._flush_waiters = self._flush_waiters, []
-            self._cond.notify_all()
+            self._cond.notify_all()  # the Condition over _mutex: wait/notify only
         for waiter in waiters:
             if waiter.event is not None:
                 waiter.event.set()

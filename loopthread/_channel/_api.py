@@ -8,14 +8,20 @@ How an item travels (why it is not one janus ``put``/``get`` per item):
   into a cross-CPU lock hand-off, and while its consumer is parked every put schedules its own
   ``call_soon_threadsafe`` plus a notifier Task. Measured (perf/bench_channel.py): janus per
   item is 9-16x slower back to back, 2-3.5x with 5 µs of producer work per event.
-* janus stays the bridge that wakes the loop, but it carries one *token* per idle-to-busy
-  transition of the consumer, not the items. The consumer parks in ``await
-  wake.async_q.get()``, so an idle channel costs the loop thread no wake-ups at all (no
-  polling anywhere).
+* The idle-to-busy wake-up of the parked consumer is one ``loop.call_soon_threadsafe`` by the
+  producer that claims the park (``_wake``); a sync handler gets its batch in that very
+  callback, an async one in a consumer task (eager on 3.12+). An idle channel costs the loop
+  thread no wake-ups at all (no polling anywhere, no task waiting). janus is not on this path:
+  its sync side takes a ``threading.Condition`` with a Python-level ``__enter__``, which a
+  signal in a main-thread producer can leave held, and then the loop's ``get()`` blocks on it
+  forever; it also costs a second loop iteration per wake-up (see ``_wake``).
 * Once awake, the consumer drains up to ``batch_size`` items per handler call without awaiting
   between them: one wake-up serves a burst.
-* ``"block"`` backpressure takes a slow path (a ``threading.Condition``) only when the deque is
-  full; the consumer notifies it only when producers are waiting.
+* ``"block"`` backpressure takes a slow path (a ``threading.Condition`` over the channel's C
+  ``RLock``) only when the deque is full; the consumer notifies it only when producers are
+  waiting. The loop thread takes that lock only as ``with self._mutex:``, which no caller can
+  leave held, and the events it sets for waiting callers are latches whose ``set()`` never
+  blocks (``_latch``): the loop thread never blocks on a lock a caller can leave held.
 
 The bound ``maxsize`` is checked, not reserved: producers racing past the check together may
 overshoot it by at most one item each (``stats().high_water`` shows it), and ``"block"`` puts
@@ -27,7 +33,7 @@ Free-threaded Python (3.13t+): the deque and list operations stay atomic there (
 locks), but the wake-up handshakes below (park vs append, ``_closed`` vs park, ``_blocked`` vs
 room, flush waiters vs counters) rely on sequential consistency across two objects (store to
 one, load of the other), which the GIL gives for free. There, each side's store and load need
-a full fence between them, most simply by taking ``_cond`` around both (on the fast path that
+a full fence between them, most simply by taking ``_mutex`` around both (on the fast path that
 is one uncontended lock per put). ``itertools.count`` is
 not documented as thread-safe there either: the producer counters would need a lock or
 atomics.
@@ -40,6 +46,8 @@ about ``fork()``. This module keeps no global state but the counter that names c
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import itertools
 import os
 import threading
@@ -48,8 +56,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import TYPE_CHECKING
-
-import janus
 
 from loopthread._channel._base import (
     OVERFLOW_POLICIES,
@@ -65,6 +71,7 @@ from loopthread._exceptions import (
     LoopNotRunningError,
 )
 from loopthread._log import RateLimiter
+from loopthread._util import Latch
 from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
@@ -143,20 +150,39 @@ class Channel(Producer[T]):
 
         self._items: deque[T] = deque()
         # The consumer's "parked" flag, as a list so that claiming it is one atomic pop():
-        # exactly one waker sends the token for one park (see _consume).
+        # exactly one waker schedules the wake-up for one park (see _wake, Consumer._park).
         self._parked: list[None] = []
-        self._wake: janus.Queue[None] | None = None  # created on the loop by _start_consumer
-        self._waiting = False  # the consumer is inside `await wake.async_q.get()`
-        self._task: asyncio.Task[None] | None = None
+        # A consumer is running (a task, or _on_wake calling a sync handler). Up from here:
+        # _start_consumer is on its way to the loop and will look at the deque.
+        self._active = True
+        # The handler looks sync: _on_wake calls it itself (until it returns an awaitable).
+        self._inline = not _looks_async(handler)
+        self._streaming = False  # woken soon after its park: lingers before the next one
+        self._parked_at = 0.0  # time.monotonic() of the last park after a batch
+        self._park_batches = 0  # _batches at that park
+        self._loop = loop_thread.loop
+        self._loop_ident = loop_thread.thread.ident  # in_loop_thread(), one call less per wake
+        self._ctx = contextvars.Context()  # the handler's context, copied at _start_consumer
+        # The wake-up callbacks' own context (given, so a producer copies none), never the
+        # handler's: an eager consumer task started from a callback enters _ctx itself.
+        self._wake_ctx = contextvars.Context()
+        self._consumer_started = False
+        self._task: asyncio.Task[None] | None = None  # the consumer task, if one runs
+        self._task_name = f"loopthread-channel-{self._name}"
+        self._handoff: tuple[list[T], int, Awaitable[object]] | None = None
+        self._ended: asyncio.Future[None] | None = None  # done once the consumer finished
         self._closing: set[asyncio.Task[int]] = set()  # drains started by close()
 
         self._closed = False
         self._close_reason: CloseReason = "closed"
-        self._finished = False  # the consumer is done; set under _cond
-        self._done = threading.Event()
-        # The slow paths: producers waiting for room, flush waiters, the close handshake.
-        self._cond = threading.Condition(threading.Lock())
-        self._blocked = 0  # producers waiting in _cond for room (written under _cond)
+        self._finished = False  # the consumer is done; set under _mutex
+        self._done = Latch()  # set by the loop thread: must never block (see _latch)
+        # The slow paths (producers waiting for room, flush waiters, the close handshake)
+        # take _mutex, a C RLock, always as `with self._mutex:` (a C __enter__: a signal
+        # cannot leak it); _cond over it is for wait/notify only (see Producer._put_full).
+        self._mutex = threading.RLock()
+        self._cond = threading.Condition(self._mutex)
+        self._blocked = 0  # producers waiting in _cond for room (written under _mutex)
         self._flush_waiters: list[FlushWaiter] = []
         self._room_waiters: deque[asyncio.Future[None]] = deque()  # aput on the loop
 
@@ -165,7 +191,7 @@ class Channel(Producer[T]):
         self._refused = itertools.count()  # drop_newest refusals and block timeouts
         self._evicted = itertools.count()  # drop_oldest evictions
         self._rejected = itertools.count()  # "error" policy raises
-        # Written under _cond by producers whose put raced with the end of close().
+        # Written under _mutex by producers whose put raced with the end of close().
         self._late_unhandled = 0
         # Written by the loop thread only.
         self._handled = 0
@@ -286,7 +312,7 @@ class Channel(Producer[T]):
             self._close_reason = "loop_stopped"
             self._closed = True
         self._finish_without_loop()
-        with self._cond:
+        with self._mutex:
             return self._unhandled + self._late_unhandled + self._in_flight
 
     def after_fork_in_child(self) -> None:
@@ -296,15 +322,28 @@ class Channel(Producer[T]):
     def _after_fork_in_child(self) -> None:
         # The consumer lives in the parent. Its locks may have been held at fork time by a
         # thread that does not exist here, so nothing of the old state is reused.
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.RLock()
+        self._cond = threading.Condition(self._mutex)
         self._closed = True
         self._close_reason = "forked"
         self._finished = True
         self._items.clear()
         self._parked.clear()
-        self._wake = None
+        self._task = None
+        self._handoff = None
+        self._ended = None
         self._blocked = 0
         self._flush_waiters = []
         self._room_waiters.clear()
-        self._done = threading.Event()
+        self._done = Latch()
         self._done.set()
+
+
+def _looks_async(handler: Callable[..., object]) -> bool:
+    """True for an ``async def`` handler (a function, a method, a partial, or an object whose
+    ``__call__`` is one). A miss is harmless: a plain function that returns an awaitable is
+    found out at its first call (Consumer._consume_inline)."""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the method, not callable()
+    return inspect.iscoroutinefunction(call)

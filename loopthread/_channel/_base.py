@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import threading
 import time
@@ -11,14 +12,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-import janus
-
 from loopthread._core._component import ComponentBase
 from loopthread._exceptions import (
     ChannelClosedError,
 )
 from loopthread._log import RateLimiter, logger
 from loopthread._stats import ChannelStats
+from loopthread._util import Latch
 
 if TYPE_CHECKING:
     from loopthread._loopthread import LoopThread
@@ -70,7 +70,7 @@ class FlushWaiter:
     def __init__(
         self,
         target: int,
-        event: threading.Event | None = None,
+        event: Latch | None = None,
         future: asyncio.Future[None] | None = None,
     ) -> None:
         self.target = target
@@ -80,6 +80,7 @@ class FlushWaiter:
 
     def wake(self) -> None:
         # Called on the loop thread only, so the future (of this loop) may be set directly.
+        # A Latch, not a threading.Event: its set() never blocks (see _latch).
         if self.event is not None:
             self.event.set()
         elif self.future is not None and not self.future.done():
@@ -100,14 +101,26 @@ class ChannelBase(ComponentBase, Generic[T]):
     _overflow: str
     _items: deque[T]
     _parked: list[None]
-    _wake: janus.Queue[None] | None
-    _waiting: bool
+    _active: bool
+    _inline: bool
+    _streaming: bool
+    _parked_at: float
+    _park_batches: int
+    _loop: asyncio.AbstractEventLoop
+    _loop_ident: int | None
+    _ctx: contextvars.Context
+    _wake_ctx: contextvars.Context
+    _consumer_started: bool
     _task: asyncio.Task[None] | None
+    _task_name: str
+    _handoff: tuple[list[T], int, Awaitable[object]] | None
+    _ended: asyncio.Future[None] | None
     _closing: set[asyncio.Task[int]]
     _closed: bool
     _close_reason: CloseReason
     _finished: bool
-    _done: threading.Event
+    _done: Latch
+    _mutex: threading.RLock
     _cond: threading.Condition
     _blocked: int
     _flush_waiters: list[FlushWaiter]

@@ -1,7 +1,7 @@
 """The producer side: ``put`` from any thread, ``aput`` on a loop, and the overflow policies.
 
 The fast path takes no lock (a ``deque.append`` is atomic); ``"block"`` takes the slow path, a
-``threading.Condition``, only when the deque is full.
+``threading.Condition`` over the channel's C ``RLock``, only when the deque is full.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from loopthread._channel._consumer import Consumer
 from loopthread._exceptions import (
     ChannelFullError,
 )
+from loopthread._util import interrupt_behind
 from loopthread._validate import check_timeout
 
 if TYPE_CHECKING:
@@ -121,24 +122,41 @@ class Producer(Consumer[T]):
         deadline = None if timeout is None else time.monotonic() + timeout
         items = self._items
         maxsize = self._maxsize
-        with self._cond:
-            # Lost wake-up: we count ourselves in _blocked and then look at the deque, under
-            # _cond; the consumer pops and then looks at _blocked, and notifies under _cond.
-            # Either it sees us waiting (and its notify cannot slip between our check and our
-            # wait, both under _cond), or we see the room it made.
-            self._blocked += 1
-            try:
-                while len(items) >= maxsize and not self._closed:
-                    if deadline is None:
-                        self._cond.wait()
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        next(self._refused)
-                        return False
-                    self._cond.wait(remaining)
-            finally:
-                self._blocked -= 1
+        # A full channel with no consumer running: its wake-up may have been lost to a signal.
+        self._ensure_consumer()
+        try:
+            # `with self._mutex`, the C RLock itself: its __enter__ is one C call, so a signal
+            # cannot land between taking it and owning the block (Condition.__enter__ is a
+            # Python frame: it can, and the consumer's next `with` would then block the loop
+            # thread for good). The Condition over it is used for wait/notify only.
+            with self._mutex:
+                # Lost wake-up: we count ourselves in _blocked and then look at the deque,
+                # under _mutex; the consumer pops and then looks at _blocked, and notifies under
+                # _mutex. Either it sees us waiting (and its notify cannot slip between our
+                # check and our wait, both under _mutex), or we see the room it made.
+                try:
+                    self._blocked += 1
+                    while len(items) >= maxsize and not self._closed:
+                        if deadline is None:
+                            self._cond.wait()
+                            continue
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            next(self._refused)
+                            return False
+                        self._cond.wait(remaining)
+                finally:
+                    self._blocked -= 1
+        except RuntimeError as exc:
+            # A signal inside Condition.wait between its release of _mutex and the `try` that
+            # takes it back: the wait raised the signal's exception with _mutex released, and
+            # our `with` then failed to release it again. The caller gets the signal's own
+            # exception (an RLock refuses a stray release instead of releasing another
+            # thread's hold, as a plain Lock would).
+            interrupt = interrupt_behind(exc)
+            if interrupt is None:
+                raise
+            raise interrupt from None
         if self._closed:
             raise self._closed_error()
         return self._admit(item)
@@ -151,9 +169,10 @@ class Producer(Consumer[T]):
         # - after the count, before the append: a count with no item. flush() does not rely
         #   on the counters alone (the consumer finding the deque empty also completes it),
         #   but stats() stays one off;
-        # - after the append, or inside _wake_consumer (the park claimed but no token sent,
-        #   or the token queued in janus but the loop never told): the consumer stays parked.
-        #   _interrupted() has the loop wake it if so.
+        # - after the append, or inside _wake_consumer (the park claimed but no wake-up
+        #   scheduled, or the callback queued but the loop's self-pipe never written): the
+        #   consumer stays parked. _interrupted() has the loop look if so (and a caller that
+        #   then waits asks again: _ensure_consumer).
         try:
             next(self._accepted)
             self._items.append(item)

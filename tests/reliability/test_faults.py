@@ -601,8 +601,8 @@ class CtrlC:
 class SignallingCondition(threading.Condition):
     """A Condition that says when a thread starts waiting on it (to interrupt that wait)."""
 
-    def __init__(self) -> None:
-        super().__init__(threading.Lock())
+    def __init__(self, lock: Any = None) -> None:
+        super().__init__(threading.Lock() if lock is None else lock)
         self.waiting = threading.Event()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -732,7 +732,7 @@ def test_ctrl_c_in_a_put_blocked_on_a_full_channel(quiet_logs: list[Any]) -> Non
         await asyncio.get_running_loop().run_in_executor(None, hold.wait, ANSWER_BOUND)
 
     ch = lt.channel(handler, maxsize=1, batch_size=1)
-    cond = SignallingCondition()
+    cond = SignallingCondition(ch._mutex)  # the channel waits for room on a Condition over it
     ch._cond = cond
     assert ch.put(1)
     assert entered.wait(ANSWER_BOUND)  # item 1 is in the handler

@@ -35,6 +35,7 @@ import pytest
 import structlog
 
 import loopthread
+from loopthread import _util as _latch
 from loopthread.logging import LoopHandler
 from tests.reliability._support import SLACK, answer_of, record, run_python
 
@@ -120,12 +121,16 @@ def in_daemon_thread(
     return thread, future
 
 
+#: Where the waits live: ``threading`` (a Condition, an Event) and the channel's latch.
+WAIT_FILES = frozenset({threading.__file__, _latch.__file__})
+
+
 def in_wait(thread: threading.Thread) -> bool:
-    """True while ``thread`` is blocked in a ``threading`` wait (a Condition or an Event)."""
+    """True while ``thread`` is blocked in a wait (a Condition, an Event, a channel latch)."""
     ident = thread.ident
     frame = sys._current_frames().get(ident) if ident is not None else None
     while frame is not None:
-        if frame.f_code.co_name == "wait" and frame.f_code.co_filename == threading.__file__:
+        if frame.f_code.co_name == "wait" and frame.f_code.co_filename in WAIT_FILES:
             return True
         frame = frame.f_back
     return False
