@@ -196,6 +196,7 @@ class Accounting(WakeProtocol[T]):
         self._done.set()
 
     def _handler_failed(self, size: int, exc: BaseException) -> None:
+        self._in_flight = 0  # out of flight before counted (see Consumer)
         self._failed += size
         suppressed = self._log_limiter.allow("handler_failed")
         if suppressed is not None:

@@ -141,6 +141,9 @@ class Consumer(Drain[T]):
                         self._inline = False
                         self._spawn((batch, size, result))
                         return
+                    # Out of flight before counted: a reader that sees the count (flush)
+                    # must not see it in flight too (without the GIL, in either order).
+                    self._in_flight = 0
                     self._handled += size
                 self._in_flight = 0
                 self._batches += 1
@@ -287,6 +290,9 @@ class Consumer(Drain[T]):
                 except BaseException as exc:  # noqa: BLE001 - a handler's fault never kills the channel
                     self._handler_raised(batch, size, exc)
                 else:
+                    # Out of flight before counted: a reader that sees the count (flush)
+                    # must not see it in flight too (without the GIL, in either order).
+                    self._in_flight = 0
                     self._handled += size
                 self._in_flight = 0
                 self._batches += 1
@@ -322,6 +328,7 @@ class Consumer(Drain[T]):
         except BaseException as exc:  # noqa: BLE001 - a handler's fault never kills the channel
             self._handler_raised(batch, size, exc)
         else:
+            self._in_flight = 0
             self._handled += size
         self._in_flight = 0
         self._batches += 1
