@@ -28,8 +28,7 @@ One monitor thread per loop (``<name>-monitor``), started on the loop thread jus
   ``lag_interval + slow_callback`` (so any permanent hang), with the stack, but a shorter
   one only if it covers the moment a probe was sent; without ``lag_interval`` there are no
   probes and so no watchdog on uvloop.
-* **ticks** (:meth:`LoopMonitor.add_tick`): observers (multiprocess metrics) called before
-  the monitor thread sleeps or parks, so they add no wake-up of their own.
+* **ticks** (:meth:`LoopMonitor.add_tick`, must not raise): run at the monitor's own wake-ups.
 
 The watchdog's ordering argument, in one place (selector mode):
 
@@ -276,8 +275,7 @@ class LoopMonitor:
             thread.join(1.0)
 
     def add_tick(self, tick: Callable[[int, bool], None]) -> bool:
-        """Call ``tick(activity, parking)`` (it must not raise) before the monitor thread
-        sleeps or parks; False: there is no thread, nothing will call it."""
+        """Call ``tick(activity, parking)`` before each sleep or park; False: no thread."""
         self._ticks = (*self._ticks, tick)
         return self._thread is not None
 
@@ -379,11 +377,13 @@ class LoopMonitor:
         monotonic = time.monotonic
         next_probe = monotonic() if interval is not None else math.inf
         reported: object = None  # the stalled iteration (or probe) already warned about
-        awake_until = 0.0  # stay awake (no parking) until then: see the module docstring
+        awake_until, ran = 0.0, 0  # stay awake (no parking) until then; iterations seen
         while not self._closed:
             mark = self._mark
             done = self._probe_done
             now = monotonic()
+            if self._iterations != ran:  # it ran since the last pass, if only for a moment
+                ran, awake_until = self._iterations, max(awake_until, now + slow)
             outstanding = done != self._probe_sent
             # An idle loop has no lag to measure: probe only a loop that has run something
             # besides the last probe (its iterations are counted in the wrapped select).
