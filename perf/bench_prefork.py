@@ -10,6 +10,8 @@ tests/test_gunicorn.py) with httpx's ``AsyncClient``:
   default loop, one ``AsyncClient`` and so one connection pool per worker);
 * ``loopthread, multiprocess metrics``: the same with ``PROMETHEUS_MULTIPROC_DIR`` set and
   ``examples/gunicorn/gunicorn.conf.py``: the metrics written to prometheus_client's files;
+* ``loopthread again``: the first server's twin, so the table shows how far two identical
+  servers measured in the same run differ (on a shared VM, easily 10-20%);
 * ``asyncio.run per request``: :func:`asyncio_run_app`, a new loop per request;
 * ``asgiref async_to_sync``: :func:`asgiref_app`; from a sync worker (no running loop) it
   too starts a new loop for every call.
@@ -87,6 +89,7 @@ QUICK = _Plan(rounds=3, requests=120, call_rounds=10, calls=500, busy_seconds=1.
 
 LOOPTHREAD = "loopthread (examples/gunicorn/app.py)"
 LOOPTHREAD_MP = "loopthread, multiprocess metrics"
+LOOPTHREAD_AA = "loopthread again (A/A: the noise between two identical servers)"
 ASYNCIO_RUN = "asyncio.run per request"
 ASGIREF = "asgiref async_to_sync"
 
@@ -330,6 +333,7 @@ def _serve(plan: _Plan) -> tuple[dict[str, Result], dict[str, list[_Round]]]:
     apps = {
         LOOPTHREAD: ("app:app", APP_DIR, {}),
         LOOPTHREAD_MP: ("app:app", APP_DIR, {"config": str(APP_DIR / "gunicorn.conf.py")}),
+        LOOPTHREAD_AA: ("app:app", APP_DIR, {}),
         ASYNCIO_RUN: ("perf.bench_prefork:asyncio_run_app", ROOT, {}),
         ASGIREF: ("perf.bench_prefork:asgiref_app", ROOT, {}),
     }
@@ -605,7 +609,9 @@ def report(quick: bool = False) -> str:
             f"{ratio(ASGIREF)[1]:.2f}x",
             "- requests/s, loopthread / loopthread with multiprocess metrics: "
             f"{ratio(LOOPTHREAD_MP)[0]:.2f}x; server CPU per request, multiprocess / not: "
-            f"{ratio(LOOPTHREAD_MP)[1]:.2f}x (no target: the clock tick makes it coarse)",
+            f"{ratio(LOOPTHREAD_MP)[1]:.2f}x; the same two ratios for the identical twin: "
+            f"{ratio(LOOPTHREAD_AA)[0]:.2f}x, {ratio(LOOPTHREAD_AA)[1]:.2f}x (no target: "
+            "whole servers on a shared VM are too coarse for 5%; the lt.run row below is not)",
             overhead_verdict(
                 "lt.run(noop()) median, multiprocess files written / not written",
                 files_vs_one,

@@ -3,7 +3,8 @@ prometheus_client's multiprocess mode, with ``examples/gunicorn/gunicorn.conf.py
 ``child_exit`` hook marks dead workers) and the app's ``/metrics`` route serving
 ``MultiProcessCollector``, against the async upstream of tests/test_gunicorn.py.
 
-Checked: two scrapes under load, wherever they land, show every loopthread counter only going
+Checked: two scrapes under load, wherever they land, show every loopthread series (written
+at 0 when each worker's loop started, then at most every 0.5 s while it works) only going
 up; after a rolling restart (SIGHUP: every worker replaced) the counters are still there and
 still never went down, and ``loopthread_calls_total{outcome="ok"}`` summed over the workers
 is exactly the number of requests served (each served request is one ``loopthread.run``),
@@ -201,7 +202,8 @@ def test_multiprocess_metrics_add_up_across_workers_and_never_go_down(
         statuses = [f.result(60) for f in futures]
     assert statuses == [200] * REQUESTS
     assert_only_went_up(scrapes[0], scrapes[1])
-    assert 0 < total(scrapes[1], "loopthread_calls_total", outcome="ok") <= REQUESTS
+    # A busy worker's files lag by up to 0.5 s: a short load may not show in them yet.
+    assert total(scrapes[1], "loopthread_calls_total", outcome="ok") <= REQUESTS
 
     # Rolling restart: every worker exits (writing its final counts) and is replaced.
     server.proc.send_signal(signal.SIGHUP)
