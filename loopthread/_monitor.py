@@ -28,6 +28,7 @@ One monitor thread per loop (``<name>-monitor``), started on the loop thread jus
   ``lag_interval + slow_callback`` (so any permanent hang), with the stack, but a shorter
   one only if it covers the moment a probe was sent; without ``lag_interval`` there are no
   probes and so no watchdog on uvloop.
+* **ticks** (:meth:`LoopMonitor.add_tick`, must not raise): run at the monitor's own wake-ups.
 
 The watchdog's ordering argument, in one place (selector mode):
 
@@ -223,6 +224,7 @@ class LoopMonitor:
         self._thread: threading.Thread | None = None
         self._mode: WatchdogMode = "off"
         self._idle_aware = False  # the selector is wrapped: an idle loop gets no probes
+        self._ticks: tuple[Callable[[int, bool], None], ...] = ()
 
     @classmethod
     def start(
@@ -271,6 +273,11 @@ class LoopMonitor:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(1.0)
+
+    def add_tick(self, tick: Callable[[int, bool], None]) -> bool:
+        """Call ``tick(activity, parking)`` before each sleep or park; False: no thread."""
+        self._ticks = (*self._ticks, tick)
+        return self._thread is not None
 
     def stats(self) -> MonitorStats:
         """A snapshot of the lag and stall counters."""
@@ -331,13 +338,21 @@ class LoopMonitor:
 
     # ------------------------------------------------------------------ on the monitor thread
 
+    def _tick(self, parking: bool) -> None:
+        # Grows when the loop did something; larger once an iteration ended than during it.
+        activity = self._iterations + self._probe_done - (self._mark is not None)
+        for tick in self._ticks:
+            tick(activity, parking)
+
     def _sleep(self, timeout: float | None) -> None:
+        self._tick(False)
         self._wake.clear()
         if not self._closed:
             self._wake.wait(timeout)
 
     def _park(self, mark: tuple[float] | None, probe: int, timeout: float | None) -> None:
         """Wait until the loop publishes a new mark or finishes a probe, ``timeout``, or close()."""
+        self._tick(True)
         self._wake.clear()
         self._parked = True
         # Announce first, then re-read: see the module docstring.
@@ -362,11 +377,13 @@ class LoopMonitor:
         monotonic = time.monotonic
         next_probe = monotonic() if interval is not None else math.inf
         reported: object = None  # the stalled iteration (or probe) already warned about
-        awake_until = 0.0  # stay awake (no parking) until then: see the module docstring
+        awake_until, ran = 0.0, 0  # stay awake (no parking) until then; iterations seen
         while not self._closed:
             mark = self._mark
             done = self._probe_done
             now = monotonic()
+            if self._iterations != ran:  # it ran since the last pass, if only for a moment
+                ran, awake_until = self._iterations, max(awake_until, now + slow)
             outstanding = done != self._probe_sent
             # An idle loop has no lag to measure: probe only a loop that has run something
             # besides the last probe (its iterations are counted in the wrapped select).
@@ -435,7 +452,7 @@ class LoopMonitor:
             if frame is None:
                 return
             summary = traceback.extract_stack(frame)
-            task = self._current_task(frame)
+            task = _current_task(self._loop, frame)
             del frame
             if not still_stuck():  # it ended while we looked: the stack is not the stall's
                 return
@@ -461,30 +478,31 @@ class LoopMonitor:
         except Exception:  # noqa: BLE001 - a broken log setup must not kill the watchdog
             pass
 
-    def _current_task(self, frame: FrameType) -> str | None:
-        """Name the running task and the coroutine it is in (the one that blocks)."""
-        # current_task(loop) only reads the loop's entry in a dict: safe from this thread.
-        task = asyncio.current_task(self._loop)
-        if task is None:
-            return None
-        # A running coroutine has no cr_await chain to follow; its frames do. Take the first
-        # frame called by the task's own coroutine that is not loopthread's wrapper
-        # (lt.run/lt.call run the user's coroutine inside LoopThread._execute).
-        outer = getattr(task.get_coro(), "cr_frame", None)
-        chain: list[FrameType] = []
-        current: FrameType | None = frame
-        while current is not None and current is not outer:
-            chain.append(current)
-            current = current.f_back
-        name = None
-        if current is not None:
-            chain.append(current)
-            for candidate in reversed(chain):
-                module = candidate.f_globals.get("__name__", "")
-                if not (isinstance(module, str) and module.startswith("loopthread.")):
-                    name = candidate.f_code.co_qualname
-                    break
-        return f"{task.get_name()} ({name})" if name else task.get_name()
+
+def _current_task(loop: asyncio.AbstractEventLoop, frame: FrameType) -> str | None:
+    """Name the running task and the coroutine it is in (the one that blocks)."""
+    # current_task(loop) only reads the loop's entry in a dict: safe from this thread.
+    task = asyncio.current_task(loop)
+    if task is None:
+        return None
+    # A running coroutine has no cr_await chain to follow; its frames do. Take the first
+    # frame called by the task's own coroutine that is not loopthread's wrapper
+    # (lt.run/lt.call run the user's coroutine inside LoopThread._execute).
+    outer = getattr(task.get_coro(), "cr_frame", None)
+    chain: list[FrameType] = []
+    current: FrameType | None = frame
+    while current is not None and current is not outer:
+        chain.append(current)
+        current = current.f_back
+    name = None
+    if current is not None:
+        chain.append(current)
+        for candidate in reversed(chain):
+            module = candidate.f_globals.get("__name__", "")
+            if not (isinstance(module, str) and module.startswith("loopthread.")):
+                name = candidate.f_code.co_qualname
+                break
+    return f"{task.get_name()} ({name})" if name else task.get_name()
 
 
 def _shorter(a: float, b: float | None) -> float:
