@@ -38,19 +38,22 @@ __all__ = [
 
 class Recursion:
     """Set in ``processing`` while a LoopHandler works on a batch (on the loop, in its tasks,
-    in the records' contexts in its executor jobs).
+    in the records' contexts in its executor jobs), and while it writes to an async sink
+    without its loop.
 
-    A record logged from there (an enricher that logs, a failing handler, loopthread's own
-    warnings routed back into logging) is written straight to the wrapped handlers instead of
-    being queued again, which would feed the handler its own output forever. Async sinks
-    cannot be written from there synchronously: while ``open``, such records are kept in
-    ``records`` and given to the sinks once, after the batch; records logged while *that*
-    happens cannot go to the sinks at all (they would feed themselves) and are counted.
+    A record logged from there *into the same LoopHandler* (``owner``: an enricher that logs,
+    a failing handler, loopthread's own warnings routed back into logging) is written straight
+    to the wrapped handlers instead of being queued again, which would feed the handler its
+    own output forever; another LoopHandler queues it as usual. Async sinks cannot be written
+    from there synchronously: while ``open``, such records are kept in ``records`` and given to
+    the sinks once, after the batch; records logged while *that* happens cannot go to the sinks
+    at all (they would feed themselves) and are counted.
     """
 
-    __slots__ = ("open", "records")
+    __slots__ = ("open", "owner", "records")
 
-    def __init__(self, open_: bool = True) -> None:
+    def __init__(self, owner: object, *, open_: bool = True) -> None:
+        self.owner = owner
         self.open = open_
         self.records: list[logging.LogRecord] = []
 
@@ -246,11 +249,12 @@ class _Sink(Protocol):
 
 
 def write_to_sink_here(
-    sink: _Sink, records: Sequence[logging.LogRecord], timeout: float
+    sink: _Sink, records: Sequence[logging.LogRecord], timeout: float, marker: Recursion
 ) -> BaseException | None:
     """Write ``records`` to an async sink from this thread, without the sink's loop (it
     stopped: interpreter exit, a stopped LoopThread), on a private event loop; bounded by
-    ``timeout``. Returns the error, or None once written.
+    ``timeout``; ``marker`` (closed) is set while it runs. Returns the error, or None once
+    written.
 
     A thread that runs an event loop of its own cannot run another: that is an error too. A
     sink whose resources belong to its old loop fails here, and that is counted by the caller.
@@ -268,7 +272,7 @@ def write_to_sink_here(
     try:
         # A fresh context: the sink is not the caller's code, and must not see its variables.
         context = contextvars.Context()
-        context.run(processing.set, Recursion(open_=False))
+        context.run(processing.set, marker)
         task = loop.create_task(_emit_bounded(sink, records, timeout), context=context)
         loop.run_until_complete(task)
         loop.run_until_complete(loop.shutdown_asyncgens())

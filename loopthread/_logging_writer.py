@@ -91,7 +91,7 @@ class Writer:
     def directly(self, record: logging.LogRecord, marker: Recursion | None) -> None:
         """Write ``record`` here, unenriched, rather than lose it: no loop to hand it to
         (interpreter exit, a stopped loop; ``marker`` None), or it was logged while the handler
-        itself was working (``marker``: its batch)."""
+        itself was working (``marker``: its own, ``owner`` this writer)."""
         self._counts.cell().written_directly += 1
         plain, sinks, missing = self.handlers()
         for handler in plain:
@@ -109,7 +109,9 @@ class Writer:
                     "it would feed itself"
                 )
             else:
-                problem = write_to_sink_here(sink, [record], SINK_TIMEOUT)
+                problem = write_to_sink_here(
+                    sink, [record], SINK_TIMEOUT, Recursion(self, open_=False)
+                )
             if problem is not None:
                 self.failed(sink, 1, problem)
         for name in missing:
@@ -119,7 +121,7 @@ class Writer:
 
     async def batch(self, items: list[Item]) -> None:
         """The channel's handler: enrich and write one batch."""
-        marker = Recursion()
+        marker = Recursion(self)
         token = processing.set(marker)
         try:
             pairs = self._lane.unpack(items)

@@ -250,8 +250,8 @@ class LoopHandler(logging.Handler):
         try:
             prepared = self.prepare(record)
             marker = processing.get()
-            if marker is not None:
-                self._write_directly(prepared, marker)
+            if marker is not None and marker.owner is self._writer:
+                self._write_directly(prepared, marker)  # logged from inside its own work
                 return
             channel = self._binding.get()
             if channel is None:
@@ -300,7 +300,8 @@ class LoopHandler(logging.Handler):
     def flush(self, timeout: float | None = 5.0) -> None:
         """Wait until every record emitted so far was written (bounded by ``timeout``); then
         the summary of what the overflow policy dropped, if one is owed, is written too."""
-        if not processing.get():
+        marker = processing.get()
+        if marker is None or marker.owner is not self._writer:  # (not inside its own work)
             channel = self._binding.value
             bound = self._binding.bound_to
             if channel is None or bound is None or not bound.in_loop_thread():

@@ -9,8 +9,9 @@ import logging
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +167,33 @@ def test_at_exit_records_logged_after_the_loops_stopped_reach_the_async_sink(
     assert proc.returncode == 0, proc.stderr
     lines = target.read_text().splitlines()
     assert lines == [f"record {i}" for i in range(100)] + ["logged at exit"]
+
+
+def test_a_record_logged_from_another_handlers_work_reaches_this_sink(
+    lt: LoopThread, log: logging.Logger
+) -> None:
+    """LoopHandler A's enricher logs into a logger that LoopHandler B (an async sink) serves:
+    B queues and writes that record like any other. (Both took it for their own recursion: B
+    handed it to A's batch, which has no sink, and it was lost.)"""
+    other = logging.getLogger(f"{log.name}.other")
+    other.propagate = False
+    other.setLevel(logging.DEBUG)
+    sink = Collect()
+    b = LoopHandler(sink, loop_thread=lt)
+    other.addHandler(b)
+
+    async def chatty(event: Mapping[str, Any]) -> dict[str, Any]:
+        other.info("enricher looked up %s", event["msg"])
+        return {}
+
+    a = LoopHandler(logging.NullHandler(), enrichers=[chatty], loop_thread=lt)
+    log.addHandler(a)
+    try:
+        log.info("original")
+        a.flush()
+        b.flush()
+    finally:
+        other.removeHandler(b)
+        b.close()
+    assert sink.messages == ["enricher looked up original"]
+    assert (b.stats().written_directly, b.stats().handler_errors) == (0, 0)
