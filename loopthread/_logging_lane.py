@@ -38,6 +38,7 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from loopthread._exceptions import ChannelFullError
+from loopthread._handlers import Entry, split
 from loopthread._logging_counters import Cell, Counts
 from loopthread._process import fork_safe_lock
 
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["Item", "Lane", "Pair", "check_protect_level"]
 
 Pair = tuple[logging.LogRecord, contextvars.Context]
-Item = Any  # a Pair, or a _Held (a protected record in a drop_oldest channel)
+Item = Any  # an Entry, or a _Held (a protected record in a drop_oldest channel)
 
 
 class _Held:
@@ -143,7 +144,7 @@ class Lane:
     # ------------------------------------------------------------------ producers
 
     def put(
-        self, channel: Channel[Item], item: Pair, levelno: int, *, protected: bool = False
+        self, channel: Channel[Item], item: Entry, levelno: int, *, protected: bool = False
     ) -> bool:
         """Put ``item`` as the policy says; False when it was dropped (count it with
         :meth:`dropped`). ``protected``: treat it as at ``protect_level`` (a summary).
@@ -183,8 +184,10 @@ class Lane:
             self._window_start = time.monotonic()
             self.pending = True
 
-    def _put_held(self, channel: Channel[Item], item: Pair) -> bool:
-        record, ctx = item
+    def _put_held(self, channel: Channel[Item], item: Entry) -> bool:
+        record, ctx = split(item)
+        if ctx is None:  # (never: every queued record has its context)
+            ctx = contextvars.Context()
         if len(self.rescued) >= self._maxsize and not self._on_loop():
             with self._room:
                 self._room_waiters += 1
@@ -214,11 +217,11 @@ class Lane:
 
     # ------------------------------------------------------------------ the consumer
 
-    def unpack(self, items: list[Item]) -> list[Pair]:
-        """The batch as (record, context) pairs: rescued records first, boxes opened."""
+    def unpack(self, items: list[Item]) -> list[Entry]:
+        """The batch's entries: rescued records first, boxes opened."""
         if self.mode != "oldest":
             return items
-        out: list[Pair] = []
+        out: list[Entry] = []
         rescued = self.rescued
         if rescued:
             cell = self._counts.cell()

@@ -21,16 +21,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from loopthread._handlers import (
+    Entry,
     Recursion,
     handle_all,
     handle_all_tracked,
     processing,
+    split,
     write_to_sink_here,
 )
 from loopthread._log import RateLimiter, logger
 from loopthread._logging_config import NamedHandlers
 from loopthread._logging_counters import Counts
-from loopthread._logging_lane import Item, Lane, Pair
+from loopthread._logging_lane import Item, Lane
 from loopthread._process import fork_safe_lock
 from loopthread._util import describe
 
@@ -124,29 +126,28 @@ class Writer:
         marker = Recursion(self)
         token = processing.set(marker)
         try:
-            pairs = self._lane.unpack(items)
+            entries = self._lane.unpack(items)
             summary = self._lane.summary(self._channel())
             if summary is not None:
-                pairs = [summary, *pairs]
+                entries = [summary, *entries]
             chain = self.chain
             loop = asyncio.get_running_loop()
             if chain is not None:
-                await asyncio.gather(
-                    *(
-                        loop.create_task(self._enrich(chain, record, marker), context=ctx)
-                        for record, ctx in pairs
-                    )
-                )
+                tasks = []
+                for entry in entries:
+                    record, ctx = split(entry)
+                    tasks.append(loop.create_task(self._enrich(chain, record, marker), context=ctx))
+                await asyncio.gather(*tasks)
             plain, sinks, missing = self.handlers()
-            records = [record for record, _ in pairs] if sinks else []
-            jobs = [self._deliver(h, pairs, marker, copy=i > 0) for i, h in enumerate(plain)]
+            records = [split(entry)[0] for entry in entries] if sinks else []
+            jobs = [self._deliver(h, entries, marker, copy=i > 0) for i, h in enumerate(plain)]
             jobs += [self._deliver_sink(sink, records, marker) for sink in sinks]
             if len(jobs) == 1:
                 await jobs[0]  # the common case: no gather Task
             elif jobs:
                 await asyncio.gather(*jobs)
             for name in missing:
-                self.failed(name, len(pairs), _missing(name))
+                self.failed(name, len(entries), _missing(name))
             if marker.records:  # logged from inside the work on this batch: to the sinks now
                 marker.open = False
                 late, marker.records = marker.records, []
@@ -181,10 +182,12 @@ class Writer:
             self.warn("loop_handler.enrich_failed", chain, chain=chain.name, error=describe(exc))
 
     async def _deliver(
-        self, handler: logging.Handler, pairs: list[Pair], marker: Recursion, *, copy: bool
+        self, handler: logging.Handler, pairs: list[Entry], marker: Recursion, *, copy: bool
     ) -> None:
         if copy:  # another handler's job is in the originals (a Context is entered once)
-            pairs = [(record, ctx.copy()) for record, ctx in pairs]
+            pairs = [
+                (record, None if ctx is None else ctx.copy()) for record, ctx in map(split, pairs)
+            ]
         loop = asyncio.get_running_loop()
         try:
             job = loop.run_in_executor(None, handle_all_tracked, handler, pairs, marker)

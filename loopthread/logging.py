@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from loopthread._bind import Binding
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
-from loopthread._handlers import processing
+from loopthread._handlers import QueuedRecord, processing
 from loopthread._logging_config import NamedHandlers, dictconfig_site, make_chain
 from loopthread._logging_counters import Cell, Counts
 from loopthread._logging_lane import Item, Lane, check_protect_level
@@ -267,7 +267,12 @@ class LoopHandler(logging.Handler):
                 ctx = last
             else:
                 cell.ctx = ctx
-            item = (prepared, ctx)
+            item: Any
+            if type(prepared) is QueuedRecord:
+                prepared.loopthread_context = ctx
+                item = prepared
+            else:
+                item = (prepared, ctx)  # a factory's LogRecord subclass: carried beside it
             try:
                 if self._plain:
                     accepted = channel.put(item)
@@ -383,10 +388,12 @@ def _left(deadline: float | None) -> float | None:
 def _prepare(record: logging.LogRecord, formatter: logging.Formatter) -> logging.LogRecord:
     """:meth:`LoopHandler.prepare`, on every call: kept lean."""
     msg = record.msg
-    if type(record) is _LogRecord:
+    copied: logging.LogRecord
+    if type(record) is _LogRecord or type(record) is QueuedRecord:
         # What copy.copy does for a plain LogRecord (a new instance sharing the attribute
-        # values), without its generic __reduce_ex__ machinery: 4x cheaper, on every call.
-        copied = _new_record(_LogRecord)
+        # values), without its generic __reduce_ex__ machinery: 4x cheaper, on every call. A
+        # QueuedRecord: a LogRecord with a slot for the caller's context.
+        copied = _new_record(QueuedRecord)
         copied.__dict__.update(record.__dict__)
     else:
         copied = copy.copy(record)  # a factory's subclass may define its own copying
