@@ -1,14 +1,19 @@
 """``LoopHandler``: a stdlib ``logging`` handler that enriches and writes records on the loop.
 
-It is ``QueueHandler`` + ``QueueListener`` in one object, with three differences that matter:
+It is ``QueueHandler`` + ``QueueListener`` in one object, with these differences that matter:
 
 * the queue is a loopthread channel, so the consumer costs nothing while idle and a burst of
   records is handled in batches;
 * async enrichers add fields to each record (concurrently within a batch), and async sinks
   (objects with ``async def emit_batch(records)``) receive whole batches;
-* the caller's cost is a copy and a ``put``: ``handle()`` does not take the handler lock around
-  ``emit()`` (the channel is thread-safe), which is what makes ``QueueHandler`` collapse when
-  several threads log at once.
+* the caller's cost is a copy, a ``contextvars.copy_context()`` and a ``put``: ``handle()``
+  does not take the handler lock around ``emit()`` (the channel is thread-safe), which is what
+  makes ``QueueHandler`` collapse when several threads log at once;
+* each record is enriched, filtered and formatted in the context of the thread that logged
+  *it* (its request id in a ``ContextVar``), never in another record's; async sinks, which
+  get whole batches, run in an empty context;
+* records at or above ``protect_level`` are never dropped by the overflow policy, and what
+  it dropped is summarised in one WARNING record per interval (``loopthread._logging_lane``).
 
 Wrapped ordinary handlers (``StreamHandler``, ``FileHandler``, ...) do blocking I/O, so they run
 in the loop thread's shared executor, never on the loop; each one sees the records in order.
@@ -16,21 +21,22 @@ in the loop thread's shared executor, never on the loop; each one sees the recor
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import copy
-import itertools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from loopthread._bind import Binding
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
-from loopthread._handlers import handle_all, handle_all_tracked
-from loopthread._log import RateLimiter, logger
-from loopthread._process import fork_safe_lock
-from loopthread._util import describe
+from loopthread._handlers import QueuedRecord, processing
+from loopthread._logging_config import NamedHandlers, dictconfig_site, make_chain
+from loopthread._logging_counters import Cell, Counts
+from loopthread._logging_lane import Item, Lane, check_protect_level
+from loopthread._logging_writer import AsyncSink, Writer
 from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
@@ -40,20 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncSink", "LoopHandler", "LoopHandlerStats"]
 
-# Set while LoopHandler processes a batch (on the loop and in its executor jobs). A record
-# logged from there (an enricher that logs, a failing handler, loopthread's own warnings routed
-# back into logging) is written straight to the wrapped handlers instead of being queued again:
-# queueing it would feed the handler its own output, forever.
-_processing: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "loopthread_logging_processing", default=False
-)
-
 _OVERFLOW = ("block", "drop_newest", "drop_oldest", "error")
-
-
-def _peek(counter: itertools.count[int]) -> int:
-    # itertools.count has no accessor for its next value; its repr is "count(N)".
-    return int(repr(counter)[6:-1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +55,19 @@ class LoopHandlerStats:
 
     Fields:
         emitted: records that passed the handler's level and filters and reached ``emit()``.
-        dropped: records refused by the overflow policy (``"drop_newest"``, or a
-            ``"block"`` put that timed out); ``"drop_oldest"`` evictions are in
-            ``channel.dropped``.
+        dropped: records refused by the overflow policy (``"drop_newest"``, ``"error"``);
+            ``"drop_oldest"`` evictions are in ``channel.dropped``.
         written_directly: records written in the caller's thread, unenriched: no loop was
             running (a stopped loop, interpreter exit), or the record was logged while the
             handler itself was working (an enricher or wrapped handler that logs).
-        handler_errors: records a wrapped handler raised on, or that were in a batch an async
-            sink raised on (logged, rate-limited; the other records and handlers go on).
+        handler_errors: records a wrapped handler or sink could not write, counted once per
+            handler: it raised, reported them through ``handleError``, was in a batch an
+            async sink raised on, or could not be reached (a named handler that is missing,
+            an async sink with no loop to run it). Logged, rate-limited; the others go on.
         channel: the channel's stats (None before the first record).
+        dropped_by_level: ``dropped``, by level name.
+        summaries: WARNING records written to say what was dropped.
+        rescued: protected records a ``"drop_oldest"`` channel evicted, written anyway.
     """
 
     emitted: int
@@ -78,14 +75,9 @@ class LoopHandlerStats:
     written_directly: int
     handler_errors: int
     channel: ChannelStats | None
-
-
-@runtime_checkable
-class AsyncSink(Protocol):
-    """An async destination for whole batches of records (a network client, a database)."""
-
-    async def emit_batch(self, records: Sequence[logging.LogRecord]) -> None:
-        """Write the records, in order."""
+    dropped_by_level: Mapping[str, int] = field(default_factory=dict)
+    summaries: int = 0
+    rescued: int = 0
 
 
 class LoopHandler(logging.Handler):
@@ -94,21 +86,31 @@ class LoopHandler(logging.Handler):
     Args:
         *handlers: ordinary ``logging.Handler`` objects and/or async sinks
             (objects with ``async def emit_batch(records)``).
-        handler_names: names of handlers configured elsewhere (``logging.config.dictConfig``),
-            looked up when the first record arrives.
-        enrichers: an ``EnricherChain``, or enrichers to build one from; their fields become
-            record attributes.
+        handler_names: names of handlers configured elsewhere (``logging.config.dictConfig``):
+            each must name a handler of the same dictConfig, or one configured before.
+        enrichers: an ``EnricherChain``, or a list to build one from: enrichers, or dicts
+            giving one its options (``{"fn": "ext://pkg.fn", "timeout": 0.5}``); their
+            fields become record attributes (and keys of a structlog event dict).
         loop_thread: the LoopThread to use (None: ``loopthread.default()``, looked up at first
             use and again after ``fork()``).
         maxsize, overflow, batch_size: the channel's settings (see ``LoopThread.channel``).
         level: this handler's level.
         enrich_timeout: per-enricher timeout when ``enrichers`` is a list (seconds).
+        protect_level: records at or above it are never dropped by ``overflow`` (they wait
+            for room instead); None protects nothing.
+        drop_summary_interval: at most one WARNING record per this many seconds says what
+            the overflow policy dropped (None: no summaries).
+        name: the handler's name; it labels its channel and chain in metrics ("logging:NAME").
+            Without one (and not named by dictConfig) the label is the wrapped handlers'
+            names or class names joined by "+" ("logging:FileHandler"), stable across runs.
 
     Raises:
-        TypeError: a handler is neither a ``logging.Handler`` nor an async sink; ``enrichers``
-            is neither an ``EnricherChain`` nor a list of callables; ``loop_thread`` is not a
-            LoopThread.
-        ValueError: a bad ``maxsize``, ``batch_size``, ``overflow`` or ``enrich_timeout``.
+        TypeError: a handler is neither a ``logging.Handler`` nor an async sink; a name in
+            ``handler_names`` is not a str; ``enrichers`` is neither an ``EnricherChain`` nor
+            a list of enrichers; ``loop_thread`` is not a LoopThread.
+        ValueError: a name in ``handler_names`` that no handler has (the message lists the
+            names that exist); a bad ``maxsize``, ``batch_size``, ``overflow``,
+            ``enrich_timeout``, ``protect_level`` or ``drop_summary_interval``.
     """
 
     def __init__(
@@ -122,80 +124,108 @@ class LoopHandler(logging.Handler):
         batch_size: int = 256,
         level: int | str = logging.NOTSET,
         enrich_timeout: float = 0.1,
+        protect_level: int | str | None = logging.ERROR,
+        drop_summary_interval: float | None = 10.0,
+        name: str | None = None,
     ) -> None:
-        super().__init__(level)
+        # Everything is checked before logging.Handler.__init__, which registers the handler
+        # for logging.shutdown(): a half-built one there would fail at exit.
         for handler in handlers:
             if not isinstance(handler, logging.Handler) and not isinstance(handler, AsyncSink):
                 raise TypeError(
                     "LoopHandler wraps logging.Handler objects or async sinks (objects with "
                     f"`async def emit_batch(records)`); got {type(handler).__name__}."
                 )
-        if isinstance(handler_names, str):
-            raise TypeError(
-                f"handler_names takes a list of names, e.g. [{handler_names!r}], not a str."
-            )
-        self._handlers: list[logging.Handler | AsyncSink] = list(handlers)
-        self._handler_names = list(handler_names)
-        # dictConfig keeps the handlers it creates only in its own config dict and in
-        # logging's weak registry: a handler referenced only by name here would be garbage
-        # collected as soon as dictConfig returns. Hold the configurator's handler table (it
-        # fills in as dictConfig goes on, in sorted order, so later names are not built yet).
-        self._configured: Mapping[str, object] | None = (
-            _dictconfig_handlers() if self._handler_names else None
-        )
-        self._maxsize = check_positive_int(maxsize, "maxsize")
-        self._overflow = check_choice(overflow, "overflow", _OVERFLOW)
-        self._batch_size = check_positive_int(batch_size, "batch_size")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str or None; got {name!r}.")
+        named = NamedHandlers(handler_names)
+        maxsize = check_positive_int(maxsize, "maxsize")
+        overflow = check_choice(overflow, "overflow", _OVERFLOW)
+        batch_size = check_positive_int(batch_size, "batch_size")
+        interval = check_timeout(drop_summary_interval, "drop_summary_interval")
+        protect = check_protect_level(protect_level)
+        timeout = check_timeout(enrich_timeout, "enrich_timeout")
+        logging._checkLevel(level)  # type: ignore[attr-defined]  # the stdlib's own check
         from loopthread._loopthread import LoopThread
 
         if loop_thread is not None and not isinstance(loop_thread, LoopThread):
             raise TypeError(
                 f"loop_thread must be a LoopThread or None (the default loop); got {loop_thread!r}."
             )
-        self._loop_thread = loop_thread
-        # Built now, so bad enrichers fail here rather than in the first emit(). With
-        # loop_thread=None the chain follows loopthread.default(), as this handler does.
-        self._chain: EnricherChain | None = _make_chain(
-            enrichers, check_timeout(enrich_timeout, "enrich_timeout"), loop_thread
+        self._default_label = "+".join([type(h).__name__ for h in handlers] + named.names)
+        label = name or dictconfig_site()[1] or self._default_label or "LoopHandler"
+        # Built now (last: it attaches to loop_thread), so bad enrichers fail here rather than
+        # in the first emit(). With loop_thread=None the chain follows loopthread.default(),
+        # as this handler does.
+        chain = make_chain(enrichers, timeout, loop_thread, f"logging:{label}")
+        super().__init__(level)
+        if name is not None:
+            self.name = name
+        self._batch_size = batch_size
+        self._maxsize = maxsize
+        self._counts = Counts()
+        self._local = self._counts.local
+        self._binding: Binding[Channel[Item]] = Binding(loop_thread, self._open_channel)
+        self._lane = Lane(
+            overflow=overflow,
+            protect_level=protect,
+            maxsize=maxsize,
+            interval=interval,
+            counts=self._counts,
+            describe=self._label,
+            on_loop=self._on_loop,
         )
-        self._binding: Binding[Channel[logging.LogRecord]] = Binding(
-            loop_thread, self._open_channel
+        self._plain = self._lane.plain
+        self._writer = Writer(
+            given=list(handlers),
+            named=named,
+            chain=chain,
+            counts=self._counts,
+            lane=self._lane,
+            channel=lambda: self._binding.value,
         )
-        self._last_channel: Channel[logging.LogRecord] | None = None  # for stats() after close
-        self._errors = RateLimiter(10.0)
-        self._errors_lock = fork_safe_lock()
-        # Written by any thread that logs: itertools.count, one atomic next() per record.
-        self._emitted = itertools.count()
-        self._dropped = itertools.count()
-        self._written_directly = itertools.count()
-        self._handler_errors = itertools.count()
+        self._write_directly = self._writer.directly
+        self._last_channel: Channel[Item] | None = None  # for stats() after close
+
+    def _label(self) -> str:
+        return f"logging:{self.name or self._default_label or 'LoopHandler'}"
+
+    def _on_loop(self) -> bool:
+        bound = self._binding.bound_to
+        return bound is not None and bound.in_loop_thread()
 
     # ------------------------------------------------------------------ observing
 
     @property
     def dropped(self) -> int:
         """Records refused by the overflow policy (see :class:`LoopHandlerStats`)."""
-        return _peek(self._dropped)
+        return self._counts.totals().dropped
 
     @property
     def written_directly(self) -> int:
         """Records written in the caller's thread (see :class:`LoopHandlerStats`)."""
-        return _peek(self._written_directly)
+        return self._counts.totals().written_directly
 
     @property
     def handler_errors(self) -> int:
-        """Records a wrapped handler or sink failed on (see :class:`LoopHandlerStats`)."""
-        return _peek(self._handler_errors)
+        """Records a wrapped handler or sink could not write (see :class:`LoopHandlerStats`)."""
+        return self._counts.totals().handler_errors
 
     def stats(self) -> LoopHandlerStats:
         """A snapshot of the counters, with the channel's stats."""
         channel = self._binding.value or self._last_channel
+        totals = self._counts.totals()
         return LoopHandlerStats(
-            emitted=_peek(self._emitted),
-            dropped=_peek(self._dropped),
-            written_directly=_peek(self._written_directly),
-            handler_errors=_peek(self._handler_errors),
+            emitted=totals.emitted,
+            dropped=totals.dropped,
+            written_directly=totals.written_directly,
+            handler_errors=totals.handler_errors,
             channel=None if channel is None else channel.stats(),
+            dropped_by_level={
+                str(logging.getLevelName(level)): n for level, n in sorted(totals.levels.items())
+            },
+            summaries=totals.summaries,
+            rescued=totals.rescued,
         )
 
     # ------------------------------------------------------------------ caller side
@@ -210,69 +240,83 @@ class LoopHandler(logging.Handler):
         return rv  # type: ignore[return-value]  # 3.12+ returns the record, as Handler.handle
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Make ``record`` safe to hand off and put it in the channel. Never raises."""
-        next(self._emitted)
+        """Make ``record`` safe to hand off and put it in the channel with the caller's
+        context. Never raises."""
+        try:
+            cell: Cell = self._local.cell
+        except AttributeError:
+            cell = self._counts.cell()
+        cell.emitted += 1
         try:
             prepared = self.prepare(record)
-            if _processing.get():
-                self._write_directly(prepared)
+            marker = processing.get()
+            if marker is not None and marker.owner is self._writer:
+                self._write_directly(prepared, marker)  # logged from inside its own work
                 return
-            channel = self._live_channel()
+            channel = self._binding.get()
             if channel is None:
-                self._write_directly(prepared)
+                self._write_directly(prepared, None)
                 return
+            # The caller's context, per record. Consecutive records of a thread whose
+            # variables did not change share one snapshot: a Context is a GC-tracked object,
+            # and one per queued record doubled the collector's work on a deep queue. (The
+            # equality check is an identity check of the variables' mapping when unchanged.)
+            ctx = _copy_context()
+            last = cell.ctx
+            if last is not None and ctx == last:
+                ctx = last
+            else:
+                cell.ctx = ctx
+            item: Any
+            if type(prepared) is QueuedRecord:
+                prepared.loopthread_context = ctx
+                item = prepared
+            else:
+                item = (prepared, ctx)  # a factory's LogRecord subclass: carried beside it
             try:
-                accepted = channel.put(prepared)
+                if self._plain:
+                    accepted = channel.put(item)
+                else:
+                    accepted = self._lane.put(channel, item, prepared.levelno)
             except (ChannelClosedError, LoopNotRunningError):
-                self._write_directly(prepared)
+                self._write_directly(prepared, None)
                 return
+            except Exception:  # ChannelFullError ("error" policy): dropped, and reported
+                self._lane.dropped(cell, prepared.levelno)
+                raise
             if not accepted:
-                next(self._dropped)
+                self._lane.dropped(cell, prepared.levelno)
         except Exception:  # noqa: BLE001 - logging never raises into the application
             self.handleError(record)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """A copy that later changes by the caller cannot affect (as ``QueueHandler.prepare``).
 
-        The message is merged (``msg`` = the formatted message, ``args`` cleared) and the
-        exception rendered to ``exc_text`` (``exc_info`` cleared: tracebacks hold frames, which
-        must not cross threads). Unlike ``QueueHandler``, ``exc_text`` is kept apart from the
-        message, so each wrapped handler's own formatter still lays out the traceback.
+        A str message is merged (``msg`` = the formatted message, ``args`` cleared). A dict
+        message (structlog's event dict, from ``ProcessorFormatter.wrap_for_formatter``) stays
+        a dict, copied, so ``ProcessorFormatter`` gets it intact; an ``exc_info=True`` in it
+        is resolved here, where the exception is. An exception on the record is rendered to
+        ``exc_text`` here, kept apart from the message (each wrapped formatter lays it out),
+        and ``exc_info`` stays on the record for formatters that render it themselves
+        (structlog's ``ProcessorFormatter`` for stdlib records).
         """
-        message = record.getMessage()
-        if type(record) is _LogRecord:
-            # What copy.copy does for a plain LogRecord (a new instance sharing the attribute
-            # values), without its generic __reduce_ex__ machinery: 4x cheaper, on every call.
-            copied = _new_record(_LogRecord)
-            copied.__dict__.update(record.__dict__)
-            record = copied
-        else:
-            record = copy.copy(record)  # a factory's subclass may define its own copying
-        record.message = message
-        record.msg = message
-        record.args = None
-        if record.exc_info:
-            if not record.exc_text:
-                record.exc_text = (self.formatter or _default_formatter).formatException(
-                    record.exc_info
-                )
-            record.exc_info = None
-        return record
+        return _prepare(record, self.formatter or _default_formatter)
 
     def flush(self, timeout: float | None = 5.0) -> None:
-        """Wait until every record emitted so far was written (bounded by ``timeout``)."""
-        channel = self._binding.value
-        bound = self._binding.bound_to
-        if channel is not None and not _processing.get():
-            try:
-                if bound is not None and bound.in_loop_thread():
-                    return  # the loop cannot wait for itself; records are written soon after
-                channel.flush(timeout)
-            except (ChannelClosedError, LoopNotRunningError):
-                pass
-        for handler in self._resolved_handlers():
-            if isinstance(handler, logging.Handler):
-                handler.flush()
+        """Wait until every record emitted so far was written (bounded by ``timeout``); then
+        the summary of what the overflow policy dropped, if one is owed, is written too."""
+        marker = processing.get()
+        if marker is None or marker.owner is not self._writer:  # (not inside its own work)
+            channel = self._binding.value
+            bound = self._binding.bound_to
+            if channel is None or bound is None or not bound.in_loop_thread():
+                deadline = None if timeout is None else time.monotonic() + timeout
+                self._flush_channel(channel, timeout)
+                if self._owe_summary(channel):
+                    self._flush_channel(channel, _left(deadline))
+            # (on the loop thread nothing can wait for the loop: its records are written soon)
+        for handler in self._writer.handlers()[0]:
+            handler.flush()
 
     def close(self) -> None:
         """Drain the channel (bounded) and close it; the wrapped handlers stay open.
@@ -282,165 +326,98 @@ class LoopHandler(logging.Handler):
         channel = self._binding.forget()
         if channel is not None:
             self._last_channel = channel
+            if self._lane.owes() and not self._on_loop():
+                self._flush_channel(channel, 5.0)  # the summary goes after what is queued
+            self._owe_summary(channel)
             try:
                 channel.close(timeout=5.0)
             except Exception:  # noqa: BLE001 - closing must go on whatever the channel says
                 pass
+        self._write_leftovers()
         super().close()
 
-    def _live_channel(self) -> Channel[logging.LogRecord] | None:
-        return self._binding.get()
-
-    def _open_channel(self, lt: LoopThread) -> Channel[logging.LogRecord]:
-        """Open the channel on ``lt`` (again, after fork or a dead default loop)."""
-        return lt.channel(
-            self._handle_batch,
-            maxsize=self._maxsize,
-            overflow=self._overflow,
-            batch_size=self._batch_size,
-            name=f"logging:{self.name or id(self)}",
-        )
-
-    def _resolved_handlers(self) -> list[logging.Handler | AsyncSink]:
-        if self._handler_names:
-            names, self._handler_names = self._handler_names, []
-            configured, self._configured = self._configured, None
-            for name in names:
-                found = configured.get(name) if configured is not None else None
-                handler = found if isinstance(found, logging.Handler) else _handler_by_name(name)
-                if handler is None:
-                    raise ValueError(
-                        f"LoopHandler: no logging handler named {name!r}; configure it in the "
-                        "same dictConfig (under 'handlers') or pass the object itself."
-                    )
-                self._handlers.append(handler)
-        return self._handlers
-
-    def _write_directly(self, record: logging.LogRecord) -> None:
-        # No loop to hand to (interpreter exit, a stopped loop) or a record logged while this
-        # handler itself is working: write it here, unenriched, rather than lose it.
-        next(self._written_directly)
-        for handler in self._resolved_handlers():
-            if isinstance(handler, logging.Handler):
-                failed, error = handle_all(handler, [record])
-                if failed:
-                    self._handler_failed(handler, failed, error)
-
-    # ------------------------------------------------------------------ on the loop
-
-    async def _handle_batch(self, records: list[logging.LogRecord]) -> None:
-        token = _processing.set(True)
-        try:
-            chain = self._chain
-            if chain is not None:
-                await asyncio.gather(*(self._enrich(chain, r) for r in records))
-            handlers = self._resolved_handlers()
-            if len(handlers) == 1:
-                await self._deliver(handlers[0], records)  # the common case: no gather Task
-            else:
-                await asyncio.gather(*(self._deliver(h, records) for h in handlers))
-        finally:
-            _processing.reset(token)
-
-    async def _enrich(self, chain: EnricherChain, record: logging.LogRecord) -> None:
-        view: Mapping[str, Any] = record.__dict__
-        enriched = await chain.enrich(view)
-        for key, value in enriched.items():
-            if key not in view or view[key] is not value:
-                setattr(record, key, value)
-
-    async def _deliver(
-        self, handler: logging.Handler | AsyncSink, records: list[logging.LogRecord]
-    ) -> None:
-        error: BaseException | None = None
-        if isinstance(handler, logging.Handler):
-            loop = asyncio.get_running_loop()
-            context = contextvars.copy_context()  # carries _processing into the executor
+    def _flush_channel(self, channel: Channel[Item] | None, timeout: float | None) -> None:
+        if channel is not None:
             try:
-                failed, error = await loop.run_in_executor(
-                    None, context.run, handle_all_tracked, handler, records
-                )
-            except RuntimeError:
-                # The executor refuses work (its loop is stopping): write on the loop thread
-                # rather than lose it.
-                failed, error = handle_all(handler, records)
-        else:
-            try:
-                await handler.emit_batch(records)
-                failed = 0
-            except asyncio.CancelledError:
-                raise  # our own cancellation (stop): not the sink's fault
-            except BaseException as exc:  # noqa: BLE001 - a broken sink (even SystemExit)
-                failed, error = len(records), exc  # must not stop the others or the loop
-        if failed:
-            self._handler_failed(handler, failed, error)
-
-    def _handler_failed(
-        self, handler: logging.Handler | AsyncSink, failed: int, error: BaseException | None
-    ) -> None:
-        for _ in range(failed):
-            next(self._handler_errors)
-        with self._errors_lock:  # the loop thread, or callers writing directly
-            suppressed = self._errors.allow(id(handler))
-        if suppressed is not None:
-            try:
-                logger.warning(
-                    "loop_handler.handler_failed",
-                    handler=repr(handler),
-                    records=failed,
-                    error=describe(error),
-                    suppressed=suppressed,
-                )
-            except Exception:  # noqa: BLE001 - a broken log setup must not break the handler
+                channel.flush(timeout)
+            except (ChannelClosedError, LoopNotRunningError):
                 pass
+            if channel.closed:
+                self._write_leftovers()
 
+    def _owe_summary(self, channel: Channel[Item] | None) -> bool:
+        """Put (or write) the summary still owed; True if there was one."""
+        summary = self._lane.summary(channel, force=True)
+        if summary is None:
+            return False
+        if channel is not None and not channel.closed:
+            try:
+                if self._lane.put(channel, summary, logging.WARNING, protected=True):
+                    return True
+            except Exception:  # noqa: BLE001 - closed meanwhile: written below
+                pass
+        self._write_directly(summary[0], None)
+        return True
 
-def _make_chain(
-    enrichers: object, timeout: float | None, loop_thread: LoopThread | None
-) -> EnricherChain | None:
-    from loopthread._enrich import EnricherChain
+    def _write_leftovers(self) -> None:
+        for record, _ in self._lane.leftovers():
+            self._counts.cell().rescued += 1
+            self._write_directly(record, None)
 
-    if isinstance(enrichers, EnricherChain):
-        return enrichers
-    if isinstance(enrichers, str | bytes | Mapping) or not isinstance(enrichers, Iterable):
-        raise TypeError(
-            "LoopHandler(enrichers=...) takes an EnricherChain or a list of enrichers (async "
-            f"callables taking the record's fields); got {type(enrichers).__name__}. "
-            "Pass enrichers=[add_region] or enrichers=loopthread.EnricherChain([...])."
+    def _open_channel(self, lt: LoopThread) -> Channel[Item]:
+        """Open the channel on ``lt`` (again, after fork or a dead default loop).
+
+        Opened from an empty context: its consumer task must not inherit the context of the
+        thread that happened to log first.
+        """
+        self._lane.loop_ident = lt.thread.ident
+        return contextvars.Context().run(
+            lt.channel,
+            self._writer.batch,
+            maxsize=self._maxsize,
+            overflow=self._lane.channel_overflow,
+            batch_size=self._batch_size,
+            name=self._label(),
         )
-    listed = list(enrichers)
-    if not listed:
-        return None
-    return EnricherChain(listed, timeout=timeout, loop_thread=loop_thread)
 
 
-def _dictconfig_handlers() -> Mapping[str, object] | None:
-    """The handler table of the ``logging.config.dictConfig`` call constructing us, if any."""
-    import logging.config
-    import sys
-    import types
-
-    frame: types.FrameType | None = sys._getframe(2)
-    for _ in range(8):  # dictConfig -> configure -> configure_handler -> LoopHandler(...)
-        if frame is None:
-            return None
-        configurator = frame.f_locals.get("self")
-        if isinstance(configurator, logging.config.DictConfigurator):
-            handlers = configurator.config.get("handlers")
-            return handlers if isinstance(handlers, Mapping) else None
-        frame = frame.f_back
-    return None
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _handler_by_name(name: str) -> logging.Handler | None:
-    get = getattr(logging, "getHandlerByName", None)  # Python 3.12+
-    if get is not None:
-        handler: logging.Handler | None = get(name)
-        return handler
-    ref = logging._handlers.get(name)  # type: ignore[attr-defined]
-    return ref if isinstance(ref, logging.Handler) else None
+def _prepare(record: logging.LogRecord, formatter: logging.Formatter) -> logging.LogRecord:
+    """:meth:`LoopHandler.prepare`, on every call: kept lean."""
+    msg = record.msg
+    copied: logging.LogRecord
+    if type(record) is _LogRecord or type(record) is QueuedRecord:
+        # What copy.copy does for a plain LogRecord (a new instance sharing the attribute
+        # values), without its generic __reduce_ex__ machinery: 4x cheaper, on every call. A
+        # QueuedRecord: a LogRecord with a slot for the caller's context.
+        copied = _new_record(QueuedRecord)
+        copied.__dict__.update(record.__dict__)
+    else:
+        copied = copy.copy(record)  # a factory's subclass may define its own copying
+    if type(msg) is not str and isinstance(msg, dict):
+        event = dict(msg)
+        exc_info = event.get("exc_info")
+        if (
+            exc_info
+            and not isinstance(exc_info, tuple | BaseException)
+            and sys.exc_info()[0] is not None
+        ):
+            event["exc_info"] = sys.exc_info()  # exc_info=True, resolved where it is true
+        copied.msg = event
+    else:
+        message = record.getMessage()
+        copied.message = message
+        copied.msg = message
+        copied.args = None
+    if copied.exc_info and not copied.exc_text:
+        copied.exc_text = formatter.formatException(copied.exc_info)
+    return copied
 
 
 _default_formatter = logging.Formatter()
 _LogRecord = logging.LogRecord
 _new_record = object.__new__
+_copy_context = contextvars.copy_context

@@ -345,7 +345,13 @@ def test_stats_snapshot(lt: LoopThread, log: logging.Logger, stream: io.StringIO
             raise OSError("disk gone")
 
     handler = LoopHandler(
-        Held(), Broken(), loop_thread=lt, maxsize=2, batch_size=1, overflow="drop_newest"
+        Held(),
+        Broken(),
+        loop_thread=lt,
+        maxsize=2,
+        batch_size=1,
+        overflow="drop_newest",
+        drop_summary_interval=None,  # no summary record (tests/test_logging_lane.py has them)
     )
     assert handler.stats() == LoopHandlerStats(0, 0, 0, 0, None)
     log.addHandler(handler)
