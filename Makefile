@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench soak test-all-pythons clean venv
+.PHONY: demo test lint typecheck pytest dist test-wheel bench soak test-all-pythons clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,40 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck pytest test-wheel
+
+# sdist and wheel in dist/ (built from the sdist, as pip would), checked by twine and by
+# tests/_dist_check.py: every module of loopthread/ and py.typed in the wheel, the LICENSE in
+# both, metadata PyPI accepts, the pytest plugin's entry point, nothing else in the wheel.
+# build/ and the egg-info go first: setuptools reuses a stale SOURCES.txt, which would hide a
+# module that the package configuration leaves out.
+dist: $(STAMP)
+	rm -rf dist build loopthread.egg-info
+	$(BIN)/python -m build --outdir dist . >$(VENV)/build.log 2>&1 || { cat $(VENV)/build.log; exit 1; }
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python -m tests._dist_check dist
+
+# The built wheel installed in a fresh virtualenv (by .venv's pip: the new one needs none), and
+# a subset of the suite run against it from a copy of tests/ outside the repository, so that
+# nothing can import the source tree:
+# test_installed.py checks loopthread comes from that venv's site-packages (a wheel, not an
+# editable install), that every module it lists imports, and that the LICENSE is installed; the
+# public API (py.typed), the pytest plugin (loaded by its entry point), python -m loopthread
+# demo, the examples and the main components' tests run on the installed copy too.
+WHEEL_TESTS ?= test_installed.py test_public_api.py test_pytest_plugin.py \
+	test_testing_helpers.py test_demo.py test_examples.py test_loopthread.py test_blocking.py \
+	test_channel.py test_eventbus.py test_logging.py test_structlog.py test_resource.py
+
+test-wheel: dist
+	@set -e; tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/loopthread-wheel.XXXXXX"); \
+	trap 'rm -rf "$$tmp"' EXIT; \
+	echo "== installing dist/$$(cd dist && ls *.whl) into a fresh venv in $$tmp"; \
+	$(PYTHON) -m venv --without-pip "$$tmp/venv"; \
+	$(BIN)/python -m pip --python "$$tmp/venv/bin/python" install --quiet "$$(ls dist/*.whl)[test]"; \
+	cp -R tests examples "$$tmp/"; find "$$tmp/tests" -name __pycache__ -prune -exec rm -rf {} +; \
+	cd "$$tmp" && LOOPTHREAD_TEST_INSTALLED="$$tmp/venv" "$$tmp/venv/bin/python" -m pytest -q \
+	  -p no:cacheprovider -c "$(CURDIR)/pyproject.toml" --rootdir "$$tmp" \
+	  $(addprefix tests/,$(WHEEL_TESTS))
 
 bench: $(STAMP)
 	$(BIN)/python -m perf
@@ -73,4 +106,4 @@ test-all-pythons:
 	printf "== test-all-pythons$$summary\n"; exit $$status
 
 clean:
-	rm -rf $(VENV) .venv-* .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .venv-* .mypy_cache .pytest_cache .ruff_cache build dist *.egg-info

@@ -1,4 +1,9 @@
-"""Shared fixtures. Every test runs under pytest-timeout (see pyproject.toml)."""
+"""Shared fixtures. Every test runs under pytest-timeout (see pyproject.toml).
+
+The LoopThread fixture is the pytest plugin's (``loopthread.pytest_plugin``, loaded through
+its ``pytest11`` entry point like in any project that installs loopthread); ``lt`` is its short
+name here.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,14 @@ import pytest
 
 import loopthread
 
+pytest_plugins = ("pytester",)
+
 
 @pytest.fixture(name="lt")
-def fixture_lt() -> Iterator[loopthread.LoopThread]:
-    """A started LoopThread, stopped (and checked to have stopped) after the test."""
-    lt = loopthread.LoopThread("test-loop")
-    lt.start()
-    try:
-        yield lt
-    finally:
-        report = lt.stop(timeout=5.0)
-        assert not lt.running
-        assert report.finished, report
-        assert lt.state in ("stopped", "dead"), lt.state
+def fixture_lt(loop_thread: loopthread.LoopThread) -> loopthread.LoopThread:
+    """The plugin's ``loop_thread``: started, then stopped and checked to have stopped cleanly
+    (no task left running, no item lost) after the test."""
+    return loop_thread
 
 
 @pytest.fixture(name="_stop_default_loop_at_session_end", scope="session", autouse=True)
