@@ -320,3 +320,23 @@ def test_multiprocessing_pool_workers_each_get_their_own_default_loop_and_value(
         assert made_in == worker != os.getpid()  # made in the worker, never the parent's
         clients[worker].add(client)
     assert all(len(ids) == 1 for ids in clients.values()), clients
+
+
+@needs_fork
+@fork_warning
+def test_a_default_resource_follows_into_a_grandchild() -> None:
+    """A child that used the resource forks again: the grandchild makes its own value on its
+    own default loop, never the child's or the parent's."""
+    res = loopthread.resource(make_client, name="client")
+    parent = loopthread.run(describe(res))
+
+    def child() -> dict[str, Any]:
+        mine = loopthread.run(describe(res))
+        grandchild = _in_fork(lambda: loopthread.run(describe(res)))
+        return {"child": mine, "grandchild": grandchild}
+
+    got = _in_fork(child)
+    pids = {parent["pid"], got["child"]["pid"], got["grandchild"]["pid"]}
+    assert len(pids) == 3
+    assert got["grandchild"]["on_this_loop"]
+    assert got["grandchild"]["pid"] != got["child"]["pid"]
