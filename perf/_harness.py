@@ -8,10 +8,12 @@ rounds and reports medians and ratios to a named baseline.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -132,3 +134,25 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def background_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A plain asyncio loop run forever by a daemon thread: the floor's loop."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    thread = threading.Thread(target=main, name="bench-floor-loop", daemon=True)
+    thread.start()
+    ready.wait()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5.0)
+        loop.close()

@@ -14,38 +14,15 @@ arun ≤ 1.2x ``wrap_future(submit)``.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 
 from loopthread import LoopThread
-from perf._harness import interleave, markdown_table, parse_args
+from perf._harness import background_loop, interleave, markdown_table, parse_args
 
 
 async def numbers(n: int) -> AsyncIterator[int]:
     for i in range(n):
         yield i
-
-
-@contextmanager
-def _background_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        loop.run_forever()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    ready.wait()
-    try:
-        yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 def _iterate_competitors(
@@ -122,7 +99,7 @@ def report(quick: bool = False) -> str:
     items = 2_000 if quick else 10_000
     rounds = 3 if quick else 9
     calls = 300 if quick else 2_000
-    with LoopThread("bench-bridge", metrics_registry=None) as lt, _background_loop() as loop:
+    with LoopThread("bench-bridge", metrics_registry=None) as lt, background_loop() as loop:
         iterated = interleave(_iterate_competitors(lt, loop, items), rounds)
         arun = interleave(_arun_competitors(lt, calls), rounds)
     per_item = iterated["run_coroutine_threadsafe(__anext__()) per item"].median

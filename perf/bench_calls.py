@@ -48,6 +48,7 @@ from structlog.testing import capture_logs
 import loopthread
 from perf._harness import (
     Result,
+    background_loop,
     interleave,
     markdown_table,
     one_cpu,
@@ -137,28 +138,6 @@ QUICK = _Plan(
 
 
 @contextlib.contextmanager
-def _background_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """A plain asyncio loop run forever by a daemon thread: the floor's loop."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        loop.run_forever()
-
-    thread = threading.Thread(target=main, name="bench-floor-loop", daemon=True)
-    thread.start()
-    ready.wait()
-    try:
-        yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5.0)
-        loop.close()
-
-
-@contextlib.contextmanager
 def _anyio_portal() -> Iterator[Callable[[Workload, int], int]]:
     """anyio's blocking portal (its own loop thread), as a typed ``call(fn, x)``."""
     with start_blocking_portal() as portal:
@@ -230,7 +209,7 @@ def _rig() -> Iterator[_Rig]:
             )
         except ImportError:
             lt_uvloop = None
-        floor = stack.enter_context(_background_loop())
+        floor = stack.enter_context(background_loop())
         pool = stack.enter_context(
             ThreadPoolExecutor(CALLER_THREADS, thread_name_prefix="bench-asyncio-run")
         )
