@@ -7,6 +7,7 @@ name here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -30,3 +31,15 @@ def fixture_stop_default_loop_at_session_end() -> Iterator[None]:
     from loopthread import testing
 
     testing.reset_default()
+
+
+@pytest.fixture(name="log")
+def fixture_log() -> Iterator[logging.Logger]:
+    """A private logger with no handlers (closed and removed afterwards), for the logging tests."""
+    logger = logging.getLogger(f"test.log.{id(object())}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield logger
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,6 @@ from loopthread.logging import LoopHandler, LoopHandlerStats
 def fixture_stream() -> io.StringIO:
     """An in-memory stream for a wrapped StreamHandler."""
     return io.StringIO()
-
-
-@pytest.fixture(name="log")
-def fixture_log() -> Iterator[logging.Logger]:
-    """A private logger with no handlers, restored afterwards."""
-    logger = logging.getLogger(f"test.loophandler.{id(object())}")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    yield logger
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def stream_handler(stream: io.StringIO, fmt: str = "%(message)s") -> logging.StreamHandler[Any]:

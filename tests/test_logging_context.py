@@ -9,10 +9,8 @@ import contextvars
 import io
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-import pytest
 
 from loopthread import LoopThread
 from loopthread.logging import LoopHandler
@@ -20,18 +18,6 @@ from loopthread.logging import LoopHandler
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "test_logging_context_request_id", default=None
 )
-
-
-@pytest.fixture(name="log")
-def fixture_log() -> Iterator[logging.Logger]:
-    """A private logger with no handlers, restored afterwards."""
-    logger = logging.getLogger(f"test.logging_context.{id(object())}")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    yield logger
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 class _FilterSeesContext(logging.Filter):

@@ -7,24 +7,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from loopthread import LoopThread
 from loopthread.logging import LoopHandler
-
-
-@pytest.fixture(name="log")
-def fixture_log() -> Iterator[logging.Logger]:
-    """A private logger with no handlers, restored afterwards."""
-    logger = logging.getLogger(f"test.logging_lane.{id(object())}")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    yield logger
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 class Held(logging.Handler):

@@ -9,26 +9,12 @@ import logging
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from loopthread import LoopThread
 from loopthread.logging import LoopHandler
-
-
-@pytest.fixture(name="log")
-def fixture_log() -> Iterator[logging.Logger]:
-    """A private logger with no handlers, restored afterwards."""
-    logger = logging.getLogger(f"test.logging_sinks.{id(object())}")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    yield logger
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 class Collect:
