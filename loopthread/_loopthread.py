@@ -22,9 +22,9 @@ from loopthread._monitor import (
     CALL_DURATION_BUCKETS,
     DEFAULT_REGISTRY,
     MonitorComponent,
-    check_interval,
 )
 from loopthread._util import Buckets
+from loopthread._validate import check_interval
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -111,6 +111,17 @@ FAMILIES: dict[str, tuple[Kind, str, Labels]] = {
         "1 for the circuit breaker's current state, 0 for the others.",
         (*_ENRICHER, "state"),
     ),
+    "loopthread_enricher_queue_wait_seconds": (
+        "summary",
+        "Enricher calls that waited for a place (max_concurrency) (_count), and the seconds "
+        "they waited in total (_sum), apart from the enricher's own time.",
+        _ENRICHER,
+    ),
+    "loopthread_chain_merge_failures": (
+        "counter",
+        "Enricher results left out because the chain's merge function failed.",
+        ("loop", "chain"),
+    ),
     "loopthread_chain_degraded_events": (
         "counter",
         "Events the chain passed through without enrichment (degraded).",
@@ -291,12 +302,19 @@ def _read_chain(stats: ChainStats, loop_label: str, out: Samples) -> None:
     degraded = _number(getattr(stats, "degraded", None))
     if degraded is not None:
         out.add("loopthread_chain_degraded_events", (loop_label, chain_name), degraded)
+    merge_failures = _number(getattr(stats, "merge_failures", None))
+    if merge_failures is not None:
+        out.add("loopthread_chain_merge_failures", (loop_label, chain_name), merge_failures)
     for enricher_name, enricher in _enrichers(stats):
         key = (loop_label, chain_name, enricher_name)
         calls = _number(getattr(enricher, "calls", None))
         seconds = _number(getattr(enricher, "time", None))
         if calls is not None:
             out.summary("loopthread_enricher_duration_seconds", key, calls, seconds or 0.0)
+        queued = _number(getattr(enricher, "queued", None))
+        if queued is not None:
+            waited = _number(getattr(enricher, "queue_time", None)) or 0.0
+            out.summary("loopthread_enricher_queue_wait_seconds", key, queued, waited)
         for field, reason in (("failures", "error"), ("timeouts", "timeout")):
             value = _number(getattr(enricher, field, None))
             if value is not None:

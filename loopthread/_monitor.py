@@ -15,8 +15,11 @@ One monitor thread per loop (``<name>-monitor``), started on the loop thread jus
   nothing between probes. No new probe is sent while one is outstanding, so a stuck loop
   gets one late probe, not a pile. An idle loop has no lag to measure: where the selector is
   wrapped (below), probes go only to a loop that ran something besides the last probe (its
-  iterations are counted as it leaves ``select``), and the monitor parks until the loop leaves
-  ``select`` again, so an idle loop costs no wake-up on either thread. On uvloop, with no
+  iterations are counted as it leaves ``select``) and that has not since parked with nothing
+  scheduled (``select(None)``: no ready callback, no timer). Such a loop has finished its
+  work: the probe due next is not sent, and the monitor parks until the loop leaves
+  ``select`` again, so an idle loop costs no wake-up on either thread, even right after a
+  burst of work. On uvloop, with no
   selector to watch, probes stay periodic; ``lag_interval=None`` means none.
 * **watchdog**: one ``loop_thread.stalled`` warning, with the loop thread's current stack,
   for every loop iteration that runs longer than ``slow_callback``. On selector loops (the
@@ -88,7 +91,6 @@ __all__ = [
     "LoopMonitor",
     "MonitorComponent",
     "MonitorStats",
-    "check_interval",
 ]
 
 #: Upper bounds (seconds) of the call-duration histogram: a call costs tens of microseconds.
@@ -147,26 +149,6 @@ class _Default(enum.Enum):
 DEFAULT_REGISTRY = _Default.REGISTRY
 
 
-def check_interval(value: float | None, name: str) -> float | None:
-    """Validate a period in seconds that must be > 0, or None (off).
-
-    Raises:
-        TypeError: not a real number or None.
-        ValueError: zero, negative, NaN or infinite.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"{name} must be a number of seconds or None; got {type(value).__name__} {value!r}."
-        )
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"{name} must be > 0 seconds; got {value!r}. Pass {name}=None to turn it off."
-        )
-    return float(value)
-
-
 @dataclass(frozen=True, slots=True)
 class MonitorStats:
     """A snapshot of the lag monitor and watchdog of one LoopThread.
@@ -208,6 +190,7 @@ class LoopMonitor:
         self._lag_last = self._lag_max = 0.0
         self._probe_done = 0
         self._iterations = 0  # loop iterations begun (idle-aware only: counted in select)
+        self._emptied = -1  # _iterations when the loop last entered select with nothing scheduled
         self._probe_iteration = 0  # the last iteration known to have had no other work
         self._ready: Any = (getattr(loop, "_ready", ()), getattr(loop, "_read_from_self", None))
         # Written by the monitor thread only:
@@ -319,6 +302,8 @@ class LoopMonitor:
         wake = self._wake
 
         def watched_select(timeout: float | None = None) -> Any:
+            if timeout is None:  # nothing ready, no timer: the lag probe is disarmed
+                self._emptied = self._iterations
             self._mark = None
             events = select(timeout)  # if it raises, the loop dies and close() follows
             # Publish the new iteration first, then look at _parked (the Dekker pair).
@@ -386,8 +371,12 @@ class LoopMonitor:
                 ran, awake_until = self._iterations, max(awake_until, now + slow)
             outstanding = done != self._probe_sent
             # An idle loop has no lag to measure: probe only a loop that has run something
-            # besides the last probe (its iterations are counted in the wrapped select).
-            active = not self._idle_aware or self._iterations > self._probe_iteration
+            # besides the last probe (its iterations are counted in the wrapped select) and
+            # is not parked with nothing scheduled (no callback, no timer) since then.
+            active = not self._idle_aware or (
+                self._iterations > self._probe_iteration
+                and not (mark is None and self._emptied == self._iterations)
+            )
             if interval is not None and now >= next_probe and not outstanding and active:
                 if not self._send_probe(now):
                     return  # the loop is closed

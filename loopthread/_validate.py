@@ -147,3 +147,23 @@ def is_async_callable(obj: object) -> bool:
         return True
     call = getattr(type(obj), "__call__", None)  # noqa: B004 - the method itself is asked about
     return callable(obj) and not inspect.isfunction(obj) and inspect.iscoroutinefunction(call)
+
+
+def check_interval(value: float | None, name: str) -> float | None:
+    """Validate a period in seconds that must be > 0, or None (off).
+
+    Raises:
+        TypeError: not a real number or None.
+        ValueError: zero, negative, NaN or infinite.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{name} must be a number of seconds or None; got {type(value).__name__} {value!r}."
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"{name} must be > 0 seconds; got {value!r}. Pass {name}=None to turn it off."
+        )
+    return float(value)

@@ -736,10 +736,42 @@ def test_overall_timeout(lt: LoopThread, on_unavailable: str) -> None:
             chain.enrich_sync({"id": 1}, timeout=0.05)
     else:
         assert chain.enrich_sync({"id": 1}, timeout=0.05) == {"id": 1}
-    assert gate.cancelled.is_set()
+    assert gate.cancelled.wait(5.0)  # cancelled on the loop (the caller did not wait for it)
     stats = chain.stats()
     assert stats.degraded == (1 if on_unavailable == "passthrough" else 0)
     assert stats.enrichers[0].timeouts == 0  # the caller gave up: not the enricher's fault
+
+
+def test_enrich_sync_timeout_does_not_wait_for_the_cleanup() -> None:
+    """enrich_sync(timeout=) bounds the caller's wait: it returns once the time is up, while
+    the cancelled enricher's cleanup still runs on the loop (lt.run(timeout=) would wait
+    cancel_grace for it: here forever)."""
+    lt = LoopThread("enrich-cleanup", cancel_grace=None, metrics_registry=None).start()
+    cleaning = threading.Event()
+    release = threading.Event()
+
+    async def slow_to_cancel(event: Fields) -> Fields:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaning.set()
+            await asyncio.to_thread(release.wait)  # the cleanup takes as long as the test says
+            raise
+        return {"never": True}
+
+    try:
+        chain = EnricherChain([slow_to_cancel], loop_thread=lt, timeout=None)
+        assert chain.enrich_sync({"id": 1}, timeout=0.05) == {"id": 1}
+        assert cleaning.wait(5.0)
+        assert not release.is_set()  # returned while the cleanup is still running
+        assert chain.stats().degraded == 1
+        strict = EnricherChain([slow_to_cancel], loop_thread=lt, on_unavailable="raise")
+        with pytest.raises(TimeoutError, match=r"timeout=0\.05s; it was cancelled"):
+            strict.enrich_sync({"id": 2}, timeout=0.05)
+    finally:
+        release.set()
+        report = lt.stop()
+    assert report.finished
 
 
 def test_enrich_sync_on_the_loop_thread(lt: LoopThread) -> None:

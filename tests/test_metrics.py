@@ -528,3 +528,48 @@ def test_serve_refuses_a_port_in_use(server: metrics.MetricsServer) -> None:
     with pytest.raises(OSError, match="port=0") as caught:
         metrics.serve(server.port)
     assert "each needs a port of its own" in str(caught.value)
+
+
+def test_enricher_queue_wait_and_merge_failures(
+    mlt: LoopThread, server: metrics.MetricsServer
+) -> None:
+    """Calls that waited for a place (max_concurrency) and the seconds they waited, apart from
+    the enricher's own time; results a failing merge function lost, per chain."""
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def lookup(event: Mapping[str, Any]) -> dict[str, Any]:
+        first_in.set()
+        await release.wait()
+        return {"found": event["id"]}
+
+    lookup.__qualname__ = "lookup"  # the enricher's name (a local function's is longer)
+
+    def bad_merge(into: dict[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+        raise ValueError("this merge always fails")
+
+    limited = EnricherChain([lookup], loop_thread=mlt, max_concurrency=1, name="limited")
+    merging = EnricherChain([user], loop_thread=mlt, merge=bad_merge, name="merging")
+
+    async def three_at_once() -> list[dict[str, Any]]:
+        calls = [asyncio.ensure_future(limited.enrich({"id": i})) for i in range(3)]
+        await first_in.wait()
+        await asyncio.sleep(0.01)  # the two others wait for the place this long, at least
+        release.set()
+        return await asyncio.gather(*calls)
+
+    assert [e["found"] for e in mlt.run(three_at_once())] == [0, 1, 2]
+    with structlog.testing.capture_logs():  # the merge failures are logged
+        assert merging.enrich_sync({"id": 1}) == {"id": 1}
+        assert merging.enrich_sync({"id": 2}) == {"id": 2}
+    samples = scrape(server)
+    key = {"loop": "m", "chain": "limited", "enricher": "lookup"}
+    stats = enricher_stats(limited, "lookup")
+    assert stats.queued == 2
+    assert value(samples, "loopthread_enricher_queue_wait_seconds_count", **key) == 2
+    waited = value(samples, "loopthread_enricher_queue_wait_seconds_sum", **key)
+    assert waited == pytest.approx(stats.queue_time, rel=1e-9)
+    assert waited is not None
+    assert waited >= 0.02  # two calls waited at least 10 ms each
+    assert value(samples, "loopthread_chain_merge_failures_total", loop="m", chain="merging") == 2
+    assert value(samples, "loopthread_chain_merge_failures_total", loop="m", chain="limited") == 0

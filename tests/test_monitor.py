@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loopthread import LoopThread, testing
-from loopthread._monitor import LAG_BUCKETS, Buckets, LoopMonitor, check_interval
+from loopthread._monitor import LAG_BUCKETS, Buckets, LoopMonitor
+from loopthread._validate import check_interval
 
 
 class StallLog:
@@ -324,3 +325,32 @@ def test_loop_stats_carry_stalls_and_lag() -> None:
         lt.run(block())
         lt.run(asyncio.sleep(0))
         assert lt.stats().loop_stalls == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_no_trailing_lag_probe_after_work_ends() -> None:
+    """Work that ends after the last probe must not leave a probe due for later: once the
+    loop parks with nothing scheduled, the probe is disarmed (bench_idle saw one straggler
+    wake-up per idle period from it)."""
+    lt = LoopThread("trailing", metrics_registry=None, lag_interval=1.0, slow_callback=0.1)
+    lt.start()
+    try:
+        # A loop with a timer has work: it is probed at once (t ~ 0). The timer then fires
+        # after that probe (t = 0.3): the next probe would be due at t = 1.0.
+        lt.run(asyncio.sleep(0.3))
+        probed = monitor_of(lt).stats().probes
+        monitor = next(t for t in threading.enumerate() if t.name == "trailing-monitor")
+        threads = {"loop": lt.thread, "monitor": monitor}
+        # Measuring idleness takes time; nothing is waited for here. 0.3 s covers the
+        # monitor's grace after activity (slow_callback, until t = 0.4); the window
+        # [0.6, 1.6] holds the moment the trailing probe was due.
+        time.sleep(0.3)
+        before = {name: voluntary_switches(t) for name, t in threads.items()}
+        time.sleep(1.0)
+        after = {name: voluntary_switches(t) for name, t in threads.items()}
+        idle_probes = monitor_of(lt).stats().probes - probed
+    finally:
+        lt.stop()
+    assert probed == 1
+    assert idle_probes == 0
+    assert {name: after[name] - before[name] for name in threads} == {"loop": 0, "monitor": 0}

@@ -21,11 +21,13 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from loopthread import _process
+from loopthread._core._call import SubmitFuture
 from loopthread._core._component import ComponentBase, StopPhase
 from loopthread._default import current_default, default
 from loopthread._enrich._breaker import OPEN, CircuitBreaker
@@ -36,15 +38,51 @@ from loopthread._enrich._slots import Enricher, Event, log, make_slots
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError, WouldDeadlockError
 from loopthread._log import RateLimiter
 from loopthread._stats import ChainStats
-from loopthread._util import describe
+from loopthread._util import Latch, describe
 from loopthread._validate import check_choice, check_positive_int, check_timeout, close_awaitables
 
 if TYPE_CHECKING:
     from loopthread._loopthread import LoopThread
 
-__all__ = ["EnricherChain"]
+T = TypeVar("T")
+
+__all__ = ["EnricherChain", "run_within"]
 
 _chain_ids = itertools.count(1)
+
+
+def run_within(lt: LoopThread, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    """Run ``coro`` on ``lt`` and wait at most ``timeout``; on expiry cancel it and raise at once.
+
+    Unlike ``lt.run(timeout=)``, the coroutine's cleanup is not waited for (it runs on the loop):
+    an enrichment budget is a bound on the caller's wait, and a busy loop would otherwise turn
+    a 50 ms budget into ``cancel_grace``. One that finished just as the time ran out keeps its
+    result. An interrupt (Ctrl-C) while waiting cancels it and, as ``lt.run`` does, gives its
+    cleanup up to ``cancel_grace`` before it propagates.
+
+    Raises:
+        TimeoutError: ``timeout`` expired.
+        LoopNotRunningError: the loop is not running.
+        BaseException: what the coroutine raised.
+    """
+    if timeout is None:
+        return lt.run(coro)
+    future = lt.submit(coro)
+    try:
+        return future.result(timeout)
+    except TimeoutError:
+        if future.cancel():  # cancels it on the loop; its cleanup is not awaited
+            raise TimeoutError(
+                f"the enricher chain took longer than timeout={timeout}s; it was cancelled"
+            ) from None
+        return future.result(0)  # it finished just now: the fields are not lost
+    except BaseException:
+        future.cancel()  # Ctrl-C while waiting: nothing is left running for this call
+        if isinstance(future, SubmitFuture):
+            ended = Latch()
+            future.when_ended(ended.set)
+            ended.wait(None if math.isinf(lt.cancel_grace) else lt.cancel_grace)
+        raise
 
 
 class EnricherChain(ComponentBase):
@@ -209,8 +247,11 @@ class EnricherChain(ComponentBase):
     def enrich_sync(self, event: Event, *, timeout: float | None = None) -> dict[str, Any]:
         """Enrich ``event`` from synchronous code: run :meth:`enrich` on the loop and wait.
 
-        The caller's contextvars are visible to every enricher. When the loop is unavailable
-        (not started, stopped, dead) or ``timeout`` expires, ``on_unavailable="passthrough"``
+        The caller's contextvars are visible to every enricher. The call never waits longer
+        than ``timeout``: on expiry the chain is cancelled on the loop and this returns at once
+        (the enrichers' cleanup runs on the loop, not awaited here; ``lt.run(timeout=)`` would
+        wait ``cancel_grace`` for it). When the loop is unavailable (not started, stopped, dead)
+        or ``timeout`` expires, ``on_unavailable="passthrough"``
         returns a copy of ``event`` (counted in ``stats().degraded``, logged rate-limited) and
         ``"raise"`` raises. Called on the loop thread itself, where waiting would deadlock,
         passthrough returns the copy at once; ``"raise"`` raises WouldDeadlockError.
@@ -237,7 +278,7 @@ class EnricherChain(ComponentBase):
                     f"of LoopThread {lt.name!r}, where it would wait forever for itself. In "
                     "async code use `await chain.enrich(event)`."
                 )
-            return lt.run(self.enrich(event), timeout=timeout)
+            return run_within(lt, self.enrich(event), timeout)
         except (LoopNotRunningError, TimeoutError, WouldDeadlockError) as exc:
             if self._raise:
                 raise

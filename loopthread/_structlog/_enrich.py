@@ -25,6 +25,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from loopthread._enrich._chain import run_within
 from loopthread._exceptions import LoopNotRunningError, WouldDeadlockError
 from loopthread._log import own_event
 
@@ -121,21 +122,7 @@ class EnrichProcessor:
         return event_dict
 
     def _enrich(self, lt: LoopThread, event_dict: EventDict) -> dict[str, Any]:
-        timeout = self._timeout
-        if timeout is None:
-            return lt.run(self._chain.enrich(event_dict))
-        future = lt.submit(self._chain.enrich(event_dict))
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            if future.cancel():  # cancels the chain on the loop; its cleanup is not awaited
-                raise TimeoutError(
-                    f"the enricher chain took longer than enrich(timeout={timeout})"
-                ) from None
-            return future.result(0)  # it finished just now: the fields are not lost
-        except BaseException:
-            future.cancel()  # Ctrl-C while waiting: nothing is left running for this event
-            raise
+        return run_within(lt, self._chain.enrich(event_dict), self._timeout)
 
     def stats(self) -> EnrichStats:
         """How many events went through, enriched or passed on unchanged (and why)."""
