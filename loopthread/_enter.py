@@ -171,7 +171,7 @@ class EnteredContext(Generic[T]):
             raise
 
     async def _spawn(self) -> asyncio.Task[bool]:
-        task = asyncio.get_running_loop().create_task(self._hold())
+        task = asyncio.get_running_loop().create_task(self._hold(), name="loopthread-enter")
         task.add_done_callback(_retrieve)
         return task
 

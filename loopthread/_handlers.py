@@ -307,7 +307,9 @@ def write_to_sink_here(
         # A fresh context: the sink is not the caller's code, and must not see its variables.
         context = contextvars.Context()
         context.run(processing.set, marker)
-        task = loop.create_task(_emit_bounded(sink, records, timeout), context=context)
+        task = loop.create_task(
+            _emit_bounded(sink, records, timeout), name="loopthread-sink", context=context
+        )
         loop.run_until_complete(task)
         loop.run_until_complete(loop.shutdown_asyncgens())
     except BaseException as exc:  # noqa: BLE001 - a broken sink (even SystemExit) is counted

@@ -81,7 +81,7 @@ from typing import Any, Literal
 
 from loopthread._core._component import ComponentBase
 from loopthread._log import RateLimiter, logger
-from loopthread._util import Buckets, describe
+from loopthread._util import Buckets, describe, new_thread
 
 __all__ = [
     "CALL_DURATION_BUCKETS",
@@ -233,7 +233,7 @@ class LoopMonitor:
                 self._mode = "heartbeat"
         if self._mode == "off" and self._interval is None:
             return  # nothing to do: no thread
-        self._thread = threading.Thread(target=self._run, name=f"{self._name}-monitor", daemon=True)
+        self._thread = new_thread(self._run, name=f"{self._name}-monitor")
         self._thread.start()
 
     def close(self) -> None:

@@ -137,7 +137,11 @@ class Resource(Generic[T]):
             )
         task = self._creating
         if task is None:
-            task = loop.create_task(self._create(), context=contextvars.Context())
+            task = loop.create_task(
+                self._create(),
+                name=f"loopthread-create-{self._name}",
+                context=contextvars.Context(),
+            )
             task.add_done_callback(_retrieve)
             self._creating = task
         return await asyncio.shield(task)

@@ -25,7 +25,7 @@ from types import CoroutineType
 from typing import Any, Literal, TypeVar
 
 from loopthread._exceptions import WouldDeadlockError
-from loopthread._util import MAIN_SLICE, acquire, interrupt_behind, remaining
+from loopthread._util import MAIN_SLICE, acquire, interrupt_behind, new_thread, remaining
 
 __all__ = [
     "BlockingCall",
@@ -202,9 +202,7 @@ class _Completer:
                 self._idle -= 1
                 return
         try:
-            threading.Thread(
-                target=self._work, args=(self._jobs,), name="loopthread-completer", daemon=True
-            ).start()
+            new_thread(self._work, self._jobs, name="loopthread-completer").start()
         except RuntimeError:  # no new threads at interpreter shutdown: do it here
             with self._lock:
                 if self._jobs.empty():

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from loopthread._util import wait_arg
+from loopthread._util import new_thread, wait_arg
 
 __all__ = ["LoopExecutor"]
 
@@ -110,11 +110,8 @@ class LoopExecutor(ThreadPoolExecutor):
                 return future
             if len(self._workers) >= self._max_workers:
                 return future
-            worker = threading.Thread(
-                target=_work,
-                args=(weakref.ref(self), self._jobs),
-                name=f"{self._prefix}_{len(self._workers)}",
-                daemon=True,
+            worker = new_thread(
+                _work, weakref.ref(self), self._jobs, name=f"{self._prefix}_{len(self._workers)}"
             )
             self._workers.add(worker)
         try:

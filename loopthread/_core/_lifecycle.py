@@ -17,7 +17,15 @@ from loopthread._core._shutdown import CLOSE_FLOOR
 from loopthread._core._state import ShutdownReport, State
 from loopthread._core._thread import LoopThreadBody
 from loopthread._exceptions import LoopNotRunningError, LoopThreadError
-from loopthread._util import INF, Latch, describe, interrupt_behind, remaining, wait_arg
+from loopthread._util import (
+    INF,
+    Latch,
+    describe,
+    interrupt_behind,
+    new_thread,
+    remaining,
+    wait_arg,
+)
 from loopthread._validate import check_timeout
 
 T = TypeVar("T")
@@ -56,9 +64,7 @@ class Lifecycle(LoopThreadBody):
                 started = self._started
                 state = self._state
                 if state is State.NEW:
-                    thread = threading.Thread(
-                        target=self._thread_main, name=self._name, daemon=True
-                    )
+                    thread = new_thread(self._thread_main, name=self._name)
                     self._thread = thread
                     self._state = State.STARTING
                 elif state not in (State.STARTING, State.RUNNING):

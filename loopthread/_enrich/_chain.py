@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import math
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -81,7 +80,7 @@ def run_within(lt: LoopThread, coro: Coroutine[Any, Any, T], timeout: float | No
         if isinstance(future, SubmitFuture):
             ended = Latch()
             future.when_ended(ended.set)
-            ended.wait(None if math.isinf(lt.cancel_grace) else lt.cancel_grace)
+            ended.wait(lt.cancel_grace)  # inf: no limit
         raise
 
 

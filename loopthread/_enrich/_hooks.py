@@ -58,7 +58,9 @@ class Lifecycle:
         """Start the enrichers on ``loop`` (once), or wait for the startup under way."""
         task = self.task
         if task is None:
-            task = loop.create_task(self._startup(), context=contextvars.Context())
+            task = loop.create_task(
+                self._startup(), name="loopthread-enricher-startup", context=contextvars.Context()
+            )
             self.task = task
         if not task.done():
             # Shielded: a caller that gives up must not cancel startup for the others.
@@ -66,7 +68,13 @@ class Lifecycle:
 
     async def _startup(self) -> None:
         hooked = [s for s in self._slots if s.startup is not None]
-        await asyncio.gather(*[self._start_one(s) for s in hooked])
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *[
+                loop.create_task(self._start_one(s), name=f"loopthread-startup-{s.name}")
+                for s in hooked
+            ]
+        )
         for slot in self._slots:
             if slot.startup is None and not slot.disabled:
                 slot.started = True
@@ -127,7 +135,13 @@ class _Shutdown:
             # its first line, skipping it entirely.
             floor = max(CLOSE_FLOOR, remaining)
             limit = floor if limit is None else min(limit, floor)
-        await asyncio.gather(*[self._one(s, limit) for s in self._slots])
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *[
+                loop.create_task(self._one(s, limit), name=f"loopthread-shutdown-{s.name}")
+                for s in self._slots
+            ]
+        )
 
     async def _one(self, slot: Slot, limit: float | None) -> None:
         try:
