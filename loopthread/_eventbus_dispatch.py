@@ -179,8 +179,10 @@ class Route:
             self.lanes[entry.lane] = lane
         return lane
 
-    async def _dispatch(self, batch: list[Event]) -> None:
-        # The bus's channel handler: a run of events reported in one context, running in it.
+    def _dispatch(self, batch: list[Event]) -> Awaitable[None] | None:
+        # The bus's channel handler, called with a run of events reported in one context, in
+        # it. A plain function: handlers that return nothing to await cost no Task; the first
+        # awaitable (an async handler, a full lane) hands the rest of the run to _resume.
         handlers = self._handlers
         table, fallback = handlers.table, handlers.fallback
         for position, event in enumerate(batch):
@@ -193,16 +195,47 @@ class Route:
             for index, entry in enumerate(entries):
                 own = event if index == last else dict(event)  # each handler its own copy
                 try:
-                    if entry.lane is not None:
-                        # Put on the loop, in this event's context: the lane keeps a copy of it.
-                        await self._lane(entry).aput(own)
-                        continue
-                    handlers.calls += 1
-                    result = entry.handler(own)
-                    if result is not None and (
-                        type(result) is CoroutineType or hasattr(result, "__await__")
-                    ):
-                        await result
+                    if entry.lane is None:  # _call, inline: the common case, once per handler
+                        handlers.calls += 1
+                        pending = entry.handler(own)
+                        if pending is None or not (
+                            type(pending) is CoroutineType or hasattr(pending, "__await__")
+                        ):
+                            continue
+                    else:
+                        pending = self._call(entry, own)
+                        if pending is None:
+                            continue
+                except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
+                    self._failed(event, entry, exc)
+                    continue
+                return self._resume(batch, position, index, entries, pending)
+        return None
+
+    async def _resume(
+        self,
+        batch: list[Event],
+        position: int,
+        index: int,
+        entries: tuple[Entry, ...],
+        pending: Awaitable[object] | None,
+    ) -> None:
+        """The rest of a run, from handler ``index`` of event ``position`` (``pending``: what
+        it returned), awaiting what handlers return."""
+        handlers = self._handlers
+        table, fallback = handlers.table, handlers.fallback
+        size = len(batch)
+        while True:
+            event = batch[position]
+            if pending is None:  # handler `index` of this event is still to be called
+                entry = entries[index]
+                try:
+                    pending = self._call(entry, event if index == len(entries) - 1 else dict(event))
+                except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
+                    self._failed(event, entry, exc)
+            if pending is not None:
+                try:
+                    await pending
                 except asyncio.CancelledError as exc:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
@@ -211,9 +244,40 @@ class Route:
                         # handled, and the rest (this one included) as unhandled.
                         del batch[:position]
                         raise
-                    self._failed(event, entry, exc)
+                    self._failed(event, entries[index], exc)
                 except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
-                    self._failed(event, entry, exc)
+                    self._failed(event, entries[index], exc)
+                pending = None
+            index += 1
+            while index == len(entries):  # the next event that has handlers
+                position += 1
+                if position == size:
+                    return
+                entries = table.get(batch[position]["type"], fallback)
+                index = 0
+                if entries:
+                    handlers.events += 1
+                else:
+                    handlers.unknown += 1
+
+    def _call(self, entry: Entry, event: Event) -> Awaitable[object] | None:
+        """Hand ``event`` to one handler; return what must be awaited (None: done).
+
+        Raises:
+            whatever the handler raises; LoopNotRunningError if its lane cannot be opened.
+        """
+        if entry.lane is not None:
+            # Put on the loop, in this event's context: the lane keeps that context with it.
+            lane = self._lane(entry)
+            if lane.depth >= self._maxsize:  # full: wait for room rather than go past it
+                return lane.aput(event)
+            lane.put(event)
+            return None
+        self._handlers.calls += 1
+        result = entry.handler(event)
+        if result is not None and (type(result) is CoroutineType or hasattr(result, "__await__")):
+            return result
+        return None
 
     def _failed(self, event: Event, entry: Entry, exc: BaseException) -> None:
         if entry.lane is not None and isinstance(exc, LoopNotRunningError):

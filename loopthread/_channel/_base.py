@@ -95,7 +95,7 @@ class ChannelBase(ComponentBase, Generic[T]):
     _name: str
     _lt: LoopThread
     _handler: Callable[[list[Any]], Awaitable[object] | None]  # adapted: see _modes
-    _capture: bool  # context="producer": put() stores (item, context) pairs
+    _capture: Callable[[], contextvars.Context] | None  # context="producer": (item, context)
     _drain_after: Channel[Any] | None  # stop() drains this channel once that one finished
     _handler_task: asyncio.Task[Any] | None  # a context="producer" run's own Task
     _pid: int
@@ -149,6 +149,11 @@ class ChannelBase(ComponentBase, Generic[T]):
     def name(self) -> str:
         """The name given at creation (or ``channel-N``)."""
         return self._name
+
+    @property
+    def depth(self) -> int:
+        """Items waiting now (``stats().depth`` without building a snapshot)."""
+        return len(self._items)
 
     @property
     def closed(self) -> bool:

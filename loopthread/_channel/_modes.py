@@ -29,7 +29,7 @@ import asyncio
 import contextvars
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
@@ -42,16 +42,37 @@ __all__ = [
     "CONTEXT_MODES",
     "RUN_IN",
     "PartialFailure",
+    "Snapshots",
     "adapt",
-    "capture",
     "running_in_executor_for",
 ]
 
 CONTEXT_MODES: tuple[str, ...] = ("empty", "producer")
 RUN_IN: tuple[str, ...] = ("loop", "executor")
 
-#: What ``put`` stores beside an item with ``context="producer"``.
-capture = call_context
+
+class Snapshots(threading.local):
+    """What ``put`` stores beside an item with ``context="producer"``, one per channel.
+
+    The caller's context (:func:`call_context`), but consecutive items of a thread whose
+    variables did not change share one snapshot, as the LoopHandler's records do: a Context
+    is a GC-tracked object, and with one per item the collector's work on a deep queue and the
+    consumer's comparisons (by value) made a 4-thread bus ~2x slower. Per channel, so one
+    snapshot is never entered by two consumers at once (a Context is entered by one thread at
+    a time).
+    """
+
+    last: contextvars.Context | None = None
+
+    def take(self) -> contextvars.Context:
+        """The calling thread's context now."""
+        ctx = call_context()
+        last = self.last
+        if last is not None and ctx == last:  # unchanged: an identity check of the mapping
+            return last
+        self.last = ctx
+        return ctx
+
 
 Handler = Callable[[list[Any]], Awaitable[object] | None]
 
@@ -117,14 +138,14 @@ def adapt(
     """The callable the consumer calls with each batch (``handler`` itself by default)."""
     if run_in == "executor":
         if context == "producer":
-            return _in_executor(channel, _sync_runs(handler, progress=True), None)
+            return _in_executor(channel, _runs_in_worker(handler), None)
         return _in_executor(channel, handler, contextvars.Context())
     if context == "producer":
-        return _async_runs(channel, handler) if is_async else _sync_runs(handler, progress=False)
+        return _runs_on_loop(channel, handler, is_async=is_async)
     return handler
 
 
-def _sync_runs(handler: Handler, *, progress: bool) -> Callable[[list[Any]], None]:
+def _runs_in_worker(handler: Handler) -> Callable[[list[Any]], None]:
     def call_per_run(batch: list[Any]) -> None:
         failed = 0
         first: BaseException | None = None
@@ -137,66 +158,133 @@ def _sync_runs(handler: Handler, *, progress: bool) -> Callable[[list[Any]], Non
             except BaseException as exc:  # noqa: BLE001 - one run's fault is its own
                 failed += size
                 first = first if first is not None else exc
-            if progress:  # in the executor: what stop() finds deleted was finished
-                del batch[:size]
+            del batch[:size]  # what stop() finds deleted was finished (see Consumer)
         if first is not None:
             raise PartialFailure(failed, first)
 
     return call_per_run
 
 
-def _async_runs(channel: ChannelBase[Any], handler: Handler) -> Handler:
-    async def call(items: list[Any]) -> BaseException | None:
-        # The run's fault is returned, not raised: a Task that raises KeyboardInterrupt or
-        # SystemExit would take the loop down with it.
-        try:
-            result = handler(items)
-            if result is not None:
-                await result
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - returned to the consumer
-            return exc
-        return None
+def _runs_on_loop(channel: ChannelBase[Any], handler: Handler, *, is_async: bool) -> Handler:
+    """Each run's call in its context, with ``ctx.run``: a call that returns nothing to await
+    costs no Task. Only a run whose call returned an awaitable gets a Task, created with the
+    run's context (a coroutine runs in the context of the Task that steps it); the rest of
+    the batch then continues in :func:`_finish_runs`. A plain function that returns an
+    awaitable only sometimes (the event bus's dispatch) pays for a Task only then."""
 
-    async def call_per_run(batch: list[Any]) -> None:
-        loop = channel._loop
+    def call_per_run(batch: list[Any]) -> Awaitable[None] | None:
+        runs = list(_runs(batch))
         failed = 0
         first: BaseException | None = None
-        done = 0
-        for ctx, items in list(_runs(batch)):
-            size = len(items)
-            if sys.version_info >= (3, 12):
-                task = asyncio.Task(
-                    call(items),
-                    loop=loop,
-                    name=channel._task_name,
-                    context=ctx,
-                    eager_start=True,
-                )
-            else:
-                task = loop.create_task(call(items), name=channel._task_name, context=ctx)
-            channel._handler_task = task
+        for index, (ctx, items) in enumerate(runs):
             try:
-                error = await task
-            except asyncio.CancelledError as exc:
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    # The consumer is being stopped: the runs before this one, and the items
-                    # this run's handler deleted from its list, were finished.
-                    del batch[: done + size - len(items)]
-                    raise
-                error = exc  # the run cancelled itself: its failure
-            finally:
-                channel._handler_task = None
-            if error is not None:
-                failed += size
-                first = first if first is not None else error
-            done += size
+                result = ctx.run(handler, items)
+            except BaseException as exc:  # noqa: BLE001 - one run's fault is its own
+                failed += len(items)
+                first = first if first is not None else exc
+                continue
+            if _is_awaitable(result):
+                return _finish_runs(
+                    channel,
+                    handler,
+                    batch,
+                    runs=runs,
+                    at=index,
+                    pending=result,
+                    failures=(failed, first),
+                )
         if first is not None:
             raise PartialFailure(failed, first)
+        return None
 
-    return call_per_run
+    if not is_async:
+        return call_per_run
+
+    async def call_async(batch: list[Any]) -> None:
+        pending = call_per_run(batch)
+        if pending is not None:
+            await pending
+
+    return call_async
+
+
+async def _finish_runs(
+    channel: ChannelBase[Any],
+    handler: Handler,
+    batch: list[Any],
+    *,
+    runs: list[tuple[contextvars.Context, list[Any]]],
+    at: int,
+    pending: Awaitable[object] | None,
+    failures: tuple[int, BaseException | None],
+) -> None:
+    """The runs of ``batch`` from ``runs[at]`` on, ``pending`` being what that run's call
+    returned (``failures``: the items failed so far and the first fault). Stopped part way,
+    the runs before the current one (and what its handler deleted from its list) count as
+    handled, failures among them included."""
+    failed, first = failures
+    done = sum(len(items) for _, items in runs[:at])
+    for ctx, items in runs[at:]:
+        size = len(items)
+        if pending is None:
+            try:
+                result = ctx.run(handler, items)
+            except BaseException as exc:  # noqa: BLE001 - one run's fault is its own
+                failed += size
+                first = first if first is not None else exc
+                done += size
+                continue
+            if not _is_awaitable(result):
+                done += size
+                continue
+            pending = result
+        assert pending is not None
+        task = _task(channel, _returning_fault(pending), ctx)
+        pending = None
+        channel._handler_task = task
+        try:
+            error = await task
+        except asyncio.CancelledError as exc:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                # The consumer is being stopped: the runs before this one, and the items
+                # this run's handler deleted from its list, were finished.
+                del batch[: done + size - len(items)]
+                raise
+            error = exc  # the run cancelled itself: its failure
+        finally:
+            channel._handler_task = None
+        if error is not None:
+            failed += size
+            first = first if first is not None else error
+        done += size
+    if first is not None:
+        raise PartialFailure(failed, first)
+
+
+async def _returning_fault(awaitable: Awaitable[object]) -> BaseException | None:
+    # The fault is returned, not raised: a Task that raises KeyboardInterrupt or SystemExit
+    # would take the loop down with it.
+    try:
+        await awaitable
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - returned to the consumer
+        return exc
+    return None
+
+
+def _task(
+    channel: ChannelBase[Any],
+    coro: Coroutine[Any, Any, BaseException | None],
+    ctx: contextvars.Context,
+) -> asyncio.Task[BaseException | None]:
+    if sys.version_info >= (3, 12):
+        # Eager: a run that does not suspend finishes here, without a loop iteration.
+        return asyncio.Task(
+            coro, loop=channel._loop, name=channel._task_name, context=ctx, eager_start=True
+        )
+    return channel._loop.create_task(coro, name=channel._task_name, context=ctx)
 
 
 def _in_executor(

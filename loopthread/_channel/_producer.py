@@ -14,7 +14,6 @@ from loopthread._channel._base import (
     T,
 )
 from loopthread._channel._consumer import Consumer
-from loopthread._channel._modes import capture
 from loopthread._exceptions import (
     ChannelFullError,
 )
@@ -47,7 +46,8 @@ class Producer(Consumer[T]):
             timeout = check_timeout(timeout)
         if self._closed:
             raise self._closed_error()
-        if self._capture:  # context="producer": the caller's context travels with the item
+        capture = self._capture
+        if capture is not None:  # context="producer": the caller's context travels with it
             item = (item, capture())  # type: ignore[assignment]
         items = self._items
         if len(items) >= self._maxsize:
