@@ -14,7 +14,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loopthread import LoopThread, WouldDeadlockError
+from loopthread import Channel, LoopThread, WouldDeadlockError
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -111,6 +111,40 @@ def test_producer_context_keeps_a_threads_burst_in_one_call(lt: LoopThread) -> N
     lt.run_sync(burst)
     assert ch.flush(timeout=5)
     assert calls == [("burst", 50)]
+
+
+def test_producer_context_follows_a_threads_changes(lt: LoopThread) -> None:
+    """A producer that changes its variables between puts: each item is handled in the
+    context of its own put (a thread's snapshot is reused only while nothing changed)."""
+    calls: list[tuple[str | None, list[int]]] = []
+
+    def handler(batch: list[int]) -> None:
+        calls.append((request_id.get(), list(batch)))
+
+    ch = lt.channel(handler, context="producer")
+
+    def burst() -> None:  # on the loop thread: every put is in before the consumer runs
+        for n in range(12):
+            request_id.set(f"req-{n // 3}")
+            ch.put(n)
+
+    lt.run_sync(burst)
+    assert ch.flush(timeout=5)
+    assert calls == [(f"req-{k}", [3 * k, 3 * k + 1, 3 * k + 2]) for k in range(4)]
+
+
+def test_depth_is_what_waits(lt: LoopThread) -> None:
+    """ch.depth counts the items waiting for the consumer, as stats().depth."""
+    ch: Channel[int] = lt.channel(lambda batch: None)
+
+    def fill() -> tuple[int, int]:  # on the loop thread: the consumer cannot run meanwhile
+        for n in range(5):
+            ch.put(n)
+        return ch.depth, ch.stats().depth
+
+    assert lt.run_sync(fill) == (5, 5)
+    assert ch.flush(timeout=5)
+    assert ch.depth == 0
 
 
 def test_producer_context_failure_counts_only_its_run(lt: LoopThread) -> None:
