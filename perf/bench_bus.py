@@ -3,8 +3,9 @@ in the executor costs.
 
 Competitors, interleaved round by round in one run, on one LoopThread with the defaults:
 
-* caller-side cost of one call (bursts below maxsize, the consumer running), with a request id
-  in a ``ContextVar`` as a web app would have: ``ch.put`` (``context="empty"``, the default),
+* caller-side cost of one call (bursts below maxsize, the consumer held in its handler, so
+  that only the caller's work is timed), with a request id in a ``ContextVar`` as a web app
+  would have: ``ch.put`` (``context="empty"``, the default),
   ``ch.put`` with ``context="producer"`` (a ``copy_context()`` per item), the bare
   ``copy_context()``, ``reporter.report`` and ``bus.publish`` (both capture the context now;
   their cost before this change is measured against the previous tree in RESULTS.md);
@@ -17,6 +18,7 @@ Run: ``python -m perf.bench_bus [--quick]``.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import statistics
 import threading
@@ -52,37 +54,46 @@ PUBLISH = 'bus.publish({"type": "t", "n": 1})'
 
 
 def _put_cost(lt: loopthread.LoopThread, plan: Plan) -> dict[str, list[float]]:
-    """Seconds per call over bursts below maxsize, each consumer running meanwhile."""
+    """Seconds per call over bursts below maxsize, with each consumer held in its handler
+    meanwhile (a call then only appends: no wake-up, no consumer competing for the GIL)."""
+    gate = asyncio.Event()  # created outside the loop: bound to it at first use (3.10+)
+    entered = threading.Event()
 
-    def count(batch: list[Any]) -> None:
-        pass
+    async def hold(_: object) -> None:
+        entered.set()
+        await gate.wait()
 
-    plain = lt.channel(count)
-    producer = lt.channel(count, context="producer")
+    plain: loopthread.Channel[object] = lt.channel(hold)
+    producer: loopthread.Channel[object] = lt.channel(hold, context="producer")
     bus = loopthread.EventBus(lt)
-    bus.on("t", lambda event: None)
+    bus.on("t", hold)
     reporter = bus.reporter()
-    clock = time.perf_counter
-    burst = plan.put_burst
     data = {"n": 1}
     event = {"type": "t", "n": 1}
-
     competitors: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
         PUT_PLAIN: (lambda: plain.put({"n": 1}), plain.flush),
         PUT_PRODUCER: (lambda: producer.put({"n": 1}), producer.flush),
-        COPY: (contextvars.copy_context, lambda: None),
+        COPY: (contextvars.copy_context, lambda: True),
         REPORT: (lambda: reporter.report("t", data), bus.flush),
         PUBLISH: (lambda: bus.publish(event), bus.flush),
     }
     samples: dict[str, list[float]] = {name: [] for name in competitors}
+    clock = time.perf_counter
+    burst = plan.put_burst
     request_id.set("req-0123456789")
     for round_ in range(plan.put_rounds + 1):
         for name, (call, settle) in competitors.items():
+            lt.run_sync(gate.clear)
+            entered.clear()
+            if name != COPY:
+                call()  # the consumer takes this one and waits in the handler
+                assert entered.wait(5)
             start = clock()
             for _ in range(burst):
                 call()
             per_call = (clock() - start) / burst
-            settle()
+            lt.run_sync(gate.set)
+            assert settle()
             if round_:  # the first round warms up
                 samples[name].append(per_call)
     for ch in (plain, producer):
@@ -188,7 +199,8 @@ def report(*, quick: bool = False) -> str:
     return "\n\n".join(
         [
             f"### Caller-side cost of one call ({plan.put_rounds} interleaved rounds x bursts of "
-            f"{plan.put_burst:,}, a request id in a ContextVar, consumers running)",
+            f"{plan.put_burst:,}, a request id in a ContextVar, each consumer held in its "
+            "handler meanwhile)",
             _put_table(put),
             f"### Bus throughput, sync handler that counts ({plan.flow_rounds} interleaved "
             f"rounds x {plan.flow_events:,} events)",

@@ -65,7 +65,7 @@ from loopthread._channel._base import (
     T,
     new_id,
 )
-from loopthread._channel._modes import CONTEXT_MODES, RUN_IN, Snapshots, adapt
+from loopthread._channel._modes import CONTEXT_MODES, RUN_IN, adapt, snapshots
 from loopthread._channel._producer import Producer
 from loopthread._core._component import StopPhase
 from loopthread._exceptions import (
@@ -171,7 +171,7 @@ class Channel(Producer[T]):
         self._name = name or f"channel-{new_id()}"
         self._lt = loop_thread
         self._handler = adapt(self, handler, is_async=is_async, context=context, run_in=run_in)
-        self._capture = Snapshots().take if context == "producer" else None
+        self._capture = snapshots() if context == "producer" else None
         self._drain_after = drain_after
         self._handler_task = None
         self._pid = os.getpid()
