@@ -160,7 +160,7 @@ class EventBus:
         route = self._route
         if route is None:
             return True
-        lanes = tuple(route.lanes.values())
+        lanes = route.lanes
         if any(running_in_executor_for(lane) for lane in lanes):
             raise WouldDeadlockError(
                 f"bus.flush() was called inside an executor handler of {self._name}: it would "
@@ -170,7 +170,7 @@ class EventBus:
         if not route.channel.flush(timeout):
             return False
         # Everything queued before the flush was dispatched: the executor lanes have it now.
-        return all(lane.flush(_left(deadline)) for lane in tuple(route.lanes.values()))
+        return all(lane.flush(_left(deadline)) for lane in route.lanes)
 
     async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - mirrors flush()
         """``flush`` for coroutines.
@@ -186,7 +186,7 @@ class EventBus:
         deadline = INF if timeout is None else time.monotonic() + timeout
         if not await route.channel.aflush(timeout):
             return False
-        for lane in tuple(route.lanes.values()):
+        for lane in route.lanes:
             if not await lane.aflush(_left(deadline)):
                 return False
         return True
@@ -215,7 +215,7 @@ class EventBus:
             task.add_done_callback(self._closing.discard)
             return
         deadline = INF if timeout is None else time.monotonic() + timeout
-        for lane in tuple(route.lanes.values()):
+        for lane in route.lanes:
             lane.close(_left(deadline))
 
     def stats(self) -> EventBusStats:
@@ -228,7 +228,7 @@ class EventBus:
             unknown=handlers.unknown,
             handler_calls=handlers.calls + handlers.lane_calls,
             handler_failures=handlers.failures + handlers.lane_failures,
-            lanes=() if route is None else tuple(lane.stats() for lane in route.lanes.values()),
+            lanes=() if route is None else tuple(lane.stats() for lane in route.lanes),
         )
 
     def __repr__(self) -> str:
@@ -249,7 +249,7 @@ class EventBus:
     async def _close_lanes(self, route: Route, deadline: float) -> None:
         # After the bus's channel drained: what it dispatches meanwhile still reaches them.
         await route.channel.aclose(_left(deadline))
-        for lane in tuple(route.lanes.values()):
+        for lane in route.lanes:
             await lane.aclose(_left(deadline))
 
     def _put(self, event: Event) -> bool:

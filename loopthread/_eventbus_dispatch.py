@@ -153,7 +153,10 @@ class Route:
         self.lt = lt
         self._name = name
         self._maxsize = maxsize
-        self.lanes: dict[int, Channel[Event]] = {}  # written on the loop thread only
+        self._lanes: dict[int, Channel[Event]] = {}  # by lane number; the loop thread's own
+        # What other threads read (flush, close, stats): replaced, never changed in place (a
+        # dict iterated while the loop adds a lane raises without the GIL).
+        self.lanes: tuple[Channel[Event], ...] = ()
         self.channel: Channel[Event] = Channel(
             lt, self._dispatch, maxsize=maxsize, overflow=overflow, name=name, context="producer"
         )
@@ -165,7 +168,7 @@ class Route:
             LoopNotRunningError: the LoopThread began stopping before this lane was opened.
         """
         assert entry.lane is not None
-        lane = self.lanes.get(entry.lane)
+        lane = self._lanes.get(entry.lane)
         if lane is None:
             lane = Channel(
                 self.lt,
@@ -176,7 +179,8 @@ class Route:
                 run_in="executor",
                 drain_after=self.channel,
             )
-            self.lanes[entry.lane] = lane
+            self._lanes[entry.lane] = lane
+            self.lanes = (*self.lanes, lane)
         return lane
 
     def _dispatch(self, batch: list[Event]) -> Awaitable[None] | None:
