@@ -126,23 +126,36 @@ class LoopThread(LoopThreadCore):
         overflow: Overflow = "block",
         batch_size: int = 256,
         name: str | None = None,
+        context: str = "empty",
+        run_in: str = "loop",
     ) -> Channel[T]:
         """Open a channel: any thread ``put``s items, ``handler(batch)`` handles them on the loop.
 
         ``handler`` is usually ``async def handler(batch: list[T]) -> None``; it gets 1 to
         ``batch_size`` items in FIFO order, one call at a time. ``overflow`` says what ``put``
         does when ``maxsize`` items are waiting: ``"block"``, ``"drop_newest"``,
-        ``"drop_oldest"`` or ``"error"``. :meth:`stop` closes and drains the channel. See
-        :class:`loopthread.Channel`.
+        ``"drop_oldest"`` or ``"error"``. ``run_in="executor"`` runs a plain handler in the
+        executor instead of on the loop (still one call at a time, in order).
+        ``context="producer"`` runs the handler in each producer's ``contextvars`` (once per
+        run of items that share them); by default it runs in an empty context of its own.
+        :meth:`stop` closes and drains the channel. See :class:`loopthread.Channel`.
 
         Raises:
-            TypeError, ValueError: a bad handler, size, policy or name.
+            TypeError, ValueError: a bad handler, size, policy, name, context or run_in (an
+                async handler with ``run_in="executor"``).
             LoopNotRunningError: the loop is not running.
         """
         from loopthread._channel import Channel
 
         return Channel(
-            self, handler, maxsize=maxsize, overflow=overflow, batch_size=batch_size, name=name
+            self,
+            handler,
+            maxsize=maxsize,
+            overflow=overflow,
+            batch_size=batch_size,
+            name=name,
+            context=context,
+            run_in=run_in,
         )
 
     def on_stop(self, fn: Callable[[], Awaitable[object]], /) -> Callable[[], Awaitable[object]]:
