@@ -34,7 +34,7 @@ Handler = Callable[[Event], Awaitable[object] | None]
 class EventBusStats:
     """A snapshot of an event bus's counters.
 
-    Fields:
+    Attributes:
         channel: the stats of the bus's channel (None until the first ``report``).
         events: events that had at least one handler.
         unknown: events whose type had no handler (counted and ignored).
