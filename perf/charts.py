@@ -116,17 +116,31 @@ def calls(results: Path) -> tuple[Figure, str]:
     return fig, "bench_calls.json, table 'single'"
 
 
+def _one_bar_chart(
+    rows: list[dict[str, Any]],
+    name: str,
+    value: str,
+    fmt: Callable[[float], str],
+    *,
+    xlabel: str,
+    size: tuple[float, float],
+) -> tuple[Figure, Axes]:
+    """One horizontal bar per row: ``row[name]`` labelled, ``row[value]`` long."""
+    fig, ax = plt.subplots(figsize=size)
+    _hbar(ax, [r[name] for r in rows], [r[value] for r in rows], fmt, xlabel=xlabel)
+    return fig, ax
+
+
 def threads(results: Path) -> tuple[Figure, str]:
     """Calls per second from 8 caller threads (bench_calls)."""
     doc = _load(results, "bench_calls")
-    rows = _rows(doc, "threads")
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    _hbar(
-        ax,
-        [r["method"] for r in rows],
-        [r["noop calls/s"] for r in rows],
+    fig, ax = _one_bar_chart(
+        _rows(doc, "threads"),
+        "method",
+        "noop calls/s",
         lambda v: f"{v:,.0f}",
         xlabel="calls per second, all 8 threads together (longer is better)",
+        size=(8, 3.8),
     )
     ax.set_title("8 threads calling a coroutine that returns at once", fontsize=11)
     _footer(fig, doc, "Blue: loopthread.")
@@ -260,13 +274,13 @@ def prefork(results: Path) -> tuple[Figure, str]:
     """Requests per second of the gunicorn example app against the alternatives."""
     doc = _load(results, "bench_prefork")
     rows = _rows(doc, "serve")
-    fig, ax = plt.subplots(figsize=(9, 3.4))
-    _hbar(
-        ax,
-        [r["app"] for r in rows],
-        [r["requests/s"] for r in rows],
+    fig, ax = _one_bar_chart(
+        rows,
+        "app",
+        "requests/s",
         lambda v: f"{v:,.0f} req/s",
         xlabel="requests per second (longer is better)",
+        size=(9, 3.4),
     )
     for bar, row in zip(ax.patches, rows, strict=True):
         if "A/A" in row["app"]:  # the same server again: noise, not a competitor
