@@ -20,7 +20,7 @@ __all__ = ["EventBusStats", "Reporter", "event_of"]
 class EventBusStats:
     """A snapshot of an event bus's counters.
 
-    Fields:
+    Attributes:
         channel: the stats of the bus's channel (None until the first event).
         events: events that had at least one handler.
         unknown: events whose type had no handler (counted and ignored).

@@ -198,7 +198,7 @@ class LoopThread(LoopThreadCore):
 
         Raises:
             LoopThreadError: awaited on this LoopThread's own loop (await ``coro`` directly).
-            See :meth:`run` for the rest.
+            TypeError, LoopNotRunningError, BaseException: as :meth:`run`.
         """
         from loopthread._bridge import arun
 

@@ -30,7 +30,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 import loopthread
-from perf._harness import markdown_table, parse_args
+from perf._harness import markdown_table, run_main
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 
@@ -121,6 +121,7 @@ def _put_table(samples: dict[str, list[float]]) -> str:
             "vs put",
         ],
         rows,
+        key="caller_cost",
     )
 
 
@@ -186,7 +187,9 @@ def _throughput_table(results: dict[tuple[str, int], list[float]]) -> str:
             per = statistics.median(results[(how, producers)])
             rows.append([producers, how, 1 / per, per * 1e6, f"{per / base:.2f}x"])
     return markdown_table(
-        ["producers", "bus", "events/s (median)", "µs per event", "vs on the loop"], rows
+        ["producers", "bus", "events/s (median)", "µs per event", "vs on the loop"],
+        rows,
+        key="throughput",
     )
 
 
@@ -210,5 +213,4 @@ def report(*, quick: bool = False) -> str:
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__ or "")
-    print(report(quick=args.quick))
+    run_main("bench_bus", report, __doc__ or "")
