@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from loopthread._bind import Binding
-from loopthread._channel._modes import running_in_executor_for
+from loopthread._channel._worker import running_in_executor_for
 from loopthread._eventbus_dispatch import Event, Handler, Handlers, Route, checked
 from loopthread._eventbus_report import EventBusStats, Reporter, event_of
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError, WouldDeadlockError

@@ -389,3 +389,166 @@ def test_cancelling_every_task_does_not_let_a_batch_overtake(lt: LoopThread) -> 
     assert ch.flush(timeout=5)
     assert log == ["start [0]", "end [0]", "start [1]", "end [1]"]
     assert ch.stats().handled == 2
+
+
+# ---------------------------------------------------------------- a handler using its own channel
+
+
+marker: contextvars.ContextVar[object] = contextvars.ContextVar("marker", default=None)
+
+
+@pytest.mark.parametrize("run_in", ["loop", "executor"])
+def test_a_handlers_variables_do_not_reach_another_producers_items(
+    lt: LoopThread, run_in: str
+) -> None:
+    """context="producer": two threads whose contexts hold the same variables share one
+    snapshot; a handler call that sets a variable (and never resets it) is not seen by the
+    call that handles the other thread's item, nor by any later call."""
+    seen: list[object] = []
+    gate = threading.Event()
+
+    def look_then_set(batch: list[int]) -> None:
+        if batch == [-1]:
+            assert gate.wait(10)  # the items below queue up meanwhile
+            return
+        seen.append(marker.get())
+        marker.set(batch[0])
+
+    ch = lt.channel(look_then_set, context="producer", run_in=run_in, batch_size=1)
+    ch.put(-1)
+    for n in range(2):
+        worker = threading.Thread(target=ch.put, args=(n,))
+        worker.start()
+        worker.join()
+    gate.set()
+    ch.put(2)
+    assert ch.flush(timeout=5)
+    assert seen == [None, None, None]
+
+
+def test_put_inside_the_executor_handler_on_its_full_channel_is_admitted(lt: LoopThread) -> None:
+    """A "block" channel's executor handler that puts into its own full channel would wait for
+    room only its own return makes: the item is admitted past maxsize (over_limit), as a put
+    on the loop thread is."""
+    entered = threading.Event()
+    gate = threading.Event()
+    seen: list[object] = []
+    ch: Any = None
+
+    def handler(batch: list[object]) -> None:
+        seen.extend(batch)
+        if "first" in batch:
+            entered.set()
+            assert gate.wait(10)
+            ch.put("again")
+
+    ch = lt.channel(handler, maxsize=2, run_in="executor")
+    ch.put("first")
+    assert entered.wait(5)
+    ch.put(1)
+    ch.put(2)  # full now: 2 waiting, "first" in the handler
+    gate.set()
+    assert ch.flush(timeout=5)
+    assert seen == ["first", 1, 2, "again"]
+    assert ch.stats().over_limit == 1
+
+
+def test_put_from_a_downstream_executor_handler_is_admitted(lt: LoopThread) -> None:
+    """A channel fed by another one's handler (drain_after=upstream) whose executor handler
+    puts back into the full upstream (whose handler may be waiting for room downstream: a
+    cycle) is admitted past upstream's maxsize, without waiting."""
+    held = threading.Event()
+    release = threading.Event()
+    back: list[bool] = []
+    up_seen: list[object] = []
+
+    async def upstream_handler(batch: list[object]) -> None:
+        up_seen.extend(batch)
+        if "hold" in batch:
+            held.set()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+
+    upstream = lt.channel(upstream_handler, maxsize=1)
+    downstream: Channel[int] = Channel(
+        lt,
+        lambda batch: back.append(upstream.put("from downstream")),
+        run_in="executor",
+        drain_after=upstream,
+    )
+    upstream.put("hold")
+    assert held.wait(5)
+    upstream.put("waits")  # upstream is full and its handler is held
+    downstream.put(1)
+    assert downstream.flush(timeout=5)  # its handler's put did not wait for upstream
+    assert back == [True]
+    assert upstream.stats().over_limit == 1
+    release.set()
+    assert upstream.flush(timeout=5)
+    assert up_seen == ["hold", "waits", "from downstream"]
+    downstream.close(timeout=5)
+    upstream.close(timeout=5)
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_close_inside_the_executor_handler_returns(lt: LoopThread, timeout: float | None) -> None:
+    """ch.close() inside the channel's executor handler begins closing and returns (as on the
+    loop): the drain goes on once the handler returns, and the item being handled is handled,
+    not unhandled."""
+    gate = threading.Event()
+    returned = threading.Event()
+    seen: list[int] = []
+    ch: Any = None
+
+    def handler(batch: list[int]) -> None:
+        seen.extend(batch)
+        if 0 in batch:
+            assert gate.wait(10)  # the other items are queued by then
+            ch.close(timeout)
+            returned.set()
+
+    ch = lt.channel(handler, run_in="executor", batch_size=1)
+    for n in range(3):
+        ch.put(n)
+    gate.set()
+    assert returned.wait(5)
+    assert ch.flush(timeout=5)
+    stats = ch.stats()
+    assert seen == [0, 1, 2]
+    assert (stats.closed, stats.handled, stats.unhandled) == (True, 3, 0)
+
+
+def test_drain_after_a_channel_of_another_loop_thread_is_refused(lt: LoopThread) -> None:
+    """drain_after= names a channel of the same LoopThread: another loop's would be awaited
+    from the wrong loop at stop(). A ValueError at construction says so."""
+    other = LoopThread("drain-after-other", metrics_registry=None).start()
+    try:
+        upstream: Channel[int] = other.channel(lambda batch: None)
+        with pytest.raises(ValueError, match=r"drain_after must be a channel of this LoopThread"):
+            Channel(lt, lambda batch: None, drain_after=upstream)
+        upstream.close(timeout=5)
+    finally:
+        other.stop(timeout=5)
+
+
+def test_stop_cutting_an_executor_batch_of_runs_counts_each_item_once() -> None:
+    """context="producer" in the executor, a batch of many runs when stop() reaches its
+    deadline: no run starts after the count is taken, so each item either went through the
+    handler (handled) or did not (unhandled), never both."""
+    lt = LoopThread("cut-runs", metrics_registry=None, cancel_grace=0.4).start()
+    ran: list[int] = []
+
+    def save(batch: list[int]) -> None:
+        time.sleep(0.001)  # the handler's work: a run per item, 2 s for all
+        ran.extend(batch)
+
+    ch = lt.channel(save, context="producer", run_in="executor")
+    for n in range(2000):
+        request_id.set(f"req-{n % 2}")  # every item a run of its own
+        ch.put(n)
+    with structlog.testing.capture_logs():
+        report = lt.stop(timeout=0.5)
+    stats = ch.stats()
+    assert stats.unhandled > 0  # the deadline did cut it
+    assert len(ran) == stats.handled
+    assert stats.handled + stats.unhandled == 2000
+    assert report.items_unhandled == stats.unhandled

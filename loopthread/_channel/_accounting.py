@@ -19,8 +19,9 @@ from loopthread._channel._base import (
     T,
     peek,
 )
-from loopthread._channel._modes import PartialFailure, running_in_executor_for
+from loopthread._channel._runs import PartialFailure
 from loopthread._channel._wake import WakeProtocol
+from loopthread._channel._worker import running_in_executor_for
 from loopthread._exceptions import (
     WouldDeadlockError,
 )

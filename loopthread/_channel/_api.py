@@ -25,7 +25,8 @@ How an item travels (why it is not one janus ``put``/``get`` per item):
 
 The bound ``maxsize`` is checked, not reserved: producers racing past the check together may
 overshoot it by at most one item each (``stats().high_water`` shows it), and ``"block"`` puts
-from the loop thread are admitted past it (``stats().over_limit``). Counters written by
+from the loop thread (or from an executor handler the consumer waits for) are admitted past
+it (``stats().over_limit``). Counters written by
 several producer threads are ``itertools.count`` objects (``next()`` is one atomic C call);
 the consumer's counters are plain ints written by the loop thread only.
 
@@ -46,15 +47,14 @@ about ``fork()``. This module keeps no global state but the counter that names c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-import inspect
 import itertools
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from loopthread._channel._base import (
@@ -65,14 +65,16 @@ from loopthread._channel._base import (
     T,
     new_id,
 )
+from loopthread._channel._checks import check_drain_after, check_handler, looks_async
 from loopthread._channel._modes import CONTEXT_MODES, RUN_IN, adapt, snapshots
 from loopthread._channel._producer import Producer
+from loopthread._channel._worker import in_handler_fed_by
 from loopthread._core._component import StopPhase
 from loopthread._exceptions import (
     LoopNotRunningError,
 )
 from loopthread._log import RateLimiter
-from loopthread._util import Latch, describe
+from loopthread._util import Latch
 from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
@@ -97,16 +99,21 @@ class Channel(Producer[T]):
       created empty (never the creator's: a batch comes from many producers).
       ``context="producer"``: each ``put`` carries a copy of the caller's ``contextvars``, and
       the handler is called once per run of consecutive items whose contexts hold the same
-      variables, in that context (``batch`` is then the run's items); a run that raises counts
-      its own items as failed.
+      variables, in a fresh copy of that context (``batch`` is then the run's items): what a
+      call sets is seen by no other call, not even one for the same producer's next items.
+      One run may hold items of several producers whose variables were equal. A run that
+      raises counts its own items as failed.
 
     Overflow policies, when ``maxsize`` items are waiting:
 
     * ``"block"``: ``put`` waits for room (or until its ``timeout``, then returns False).
       From the loop thread itself ``put`` does *not* wait (the consumer that would make room
       runs on that thread): it admits the item past ``maxsize`` and counts it in
-      ``stats().over_limit``. ``await ch.aput(item)`` on the loop waits for room without
-      blocking the loop (from inside this channel's own handler it also admits past the limit).
+      ``stats().over_limit``. So does a ``put`` from this channel's own executor handler
+      (``run_in="executor"``), or from the executor handler of a channel that drains after
+      this one (``drain_after=``: fed by this channel's handler, which may be waiting for
+      room there). ``await ch.aput(item)`` on the loop waits for room without blocking the
+      loop (from inside this channel's own handler it also admits past the limit).
     * ``"drop_newest"``: the new item is refused (``put`` returns False).
     * ``"drop_oldest"``: the oldest waiting item is evicted to make room (``put`` returns True).
     * ``"error"``: ``put`` raises ``ChannelFullError``.
@@ -119,7 +126,9 @@ class Channel(Producer[T]):
 
     Waiting on the channel from inside its own handler call is caught where it can be:
     ``await ch.aflush()`` raises ``WouldDeadlockError``, ``put``/``aput`` admit past
-    ``maxsize``, ``await ch.aclose()`` begins closing and returns. Waiting from work that the
+    ``maxsize``, ``await ch.aclose()`` begins closing and returns; in its executor handler,
+    ``ch.flush()`` raises ``WouldDeadlockError``, ``put`` admits past ``maxsize`` and
+    ``ch.close()`` begins closing and returns. Waiting from work that the
     handler awaits in another task or thread cannot be told apart from an ordinary caller and
     waits until its timeout: ``ch.flush()`` in an executor job the handler awaits, or
     ``ch.aput()`` on a full ``"block"`` channel inside ``asyncio.wait_for``/``gather``/a
@@ -139,33 +148,15 @@ class Channel(Producer[T]):
         run_in: str = "loop",
         drain_after: Channel[Any] | None = None,
     ) -> None:
-        if isinstance(handler, CoroutineType):
-            handler.close()
-            raise TypeError(
-                "handler must be the function itself, called with each batch; got a coroutine "
-                "object. Pass lt.channel(handle), not lt.channel(handle(...))."
-            )
-        if not callable(handler):
-            raise TypeError(
-                "handler must be a callable taking a list of items, such as "
-                f"`async def handle(batch): ...`; got {handler!r}."
-            )
         self._maxsize = check_positive_int(maxsize, "maxsize")
         self._batch_size = check_positive_int(batch_size, "batch_size")
         self._overflow = check_choice(overflow, "overflow", OVERFLOW_POLICIES)
         context = check_choice(context, "context", CONTEXT_MODES)
         run_in = check_choice(run_in, "run_in", RUN_IN)
-        is_async = _looks_async(handler)
-        if is_async and run_in == "executor":
-            raise TypeError(
-                f"handler {describe(handler)} is async: run_in='executor' runs a plain function "
-                "in the executor. Run it on the loop (run_in='loop', the default), or pass a "
-                "plain function (an async handler can `await loop.run_in_executor(...)` itself)."
-            )
+        is_async = check_handler(handler, run_in)
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None; got {name!r}.")
-        if drain_after is not None and not isinstance(drain_after, Channel):
-            raise TypeError(f"drain_after must be a Channel or None; got {drain_after!r}.")
+        check_drain_after(drain_after, loop_thread)
         if not loop_thread.running:
             raise LoopNotRunningError(loop_thread._not_running_message())
         self._name = name or f"channel-{new_id()}"
@@ -185,7 +176,7 @@ class Channel(Producer[T]):
         # _start_consumer is on its way to the loop and will look at the deque.
         self._active = True
         # The handler looks sync: _on_wake calls it itself (until it returns an awaitable).
-        self._inline = not _looks_async(self._handler)
+        self._inline = not looks_async(self._handler)
         self._streaming = False  # woken soon after its park: lingers before the next one
         self._parked_at = 0.0  # time.monotonic() of the last park after a batch
         self._park_batches = 0  # _batches at that park
@@ -222,6 +213,9 @@ class Channel(Producer[T]):
         self._refused = itertools.count()  # drop_newest refusals and block timeouts
         self._evicted = itertools.count()  # drop_oldest evictions
         self._rejected = itertools.count()  # "error" policy raises
+        # "block" puts admitted past maxsize: on the loop thread, or in an executor handler
+        # that the consumer waits for (see Producer._put_full).
+        self._over_limit = itertools.count()
         # Written under _mutex by producers whose put raced with the end of close().
         self._late_unhandled = 0
         # Written by the loop thread only.
@@ -231,7 +225,6 @@ class Channel(Producer[T]):
         self._in_flight = 0
         self._batches = 0
         self._wakeups = 0
-        self._over_limit = 0
         self._high_water = 0
         self._log_limiter = RateLimiter()
 
@@ -262,8 +255,10 @@ class Channel(Producer[T]):
         Bounded by ``timeout`` (None: as long as it takes): at the deadline the handler call
         running is cancelled and whatever is left is counted in ``stats().unhandled`` and
         logged. Called on the loop thread, it stops accepting at once and drains in the
-        background (use ``await ch.aclose()`` to wait there). While the LoopThread is stopping
-        it waits for that stop to drain the channel; once it stopped, it returns at once.
+        background (use ``await ch.aclose()`` to wait there); so it does inside the channel's
+        own executor handler (the drain waits for that call to return) or that of a channel
+        that drains after this one. While the LoopThread is stopping it waits for that stop
+        to drain the channel; once it stopped, it returns at once.
 
         Raises:
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
@@ -277,6 +272,13 @@ class Channel(Producer[T]):
             self._spawn_drain(deadline)
             return
         state = self._lt.state
+        if in_handler_fed_by(self):
+            # The drain waits for the very handler call we are in: begin it and return. (While
+            # stopping, stop() drains this channel already.)
+            if state == "running":
+                with contextlib.suppress(RuntimeError):  # the loop closed: nothing to drain
+                    self._lt.loop.call_soon_threadsafe(self._spawn_drain, deadline)
+            return
         if state == "running":
             try:
                 # A callback, not run_coroutine_threadsafe: if the loop closes before running
@@ -373,13 +375,3 @@ class Channel(Producer[T]):
         self._room_waiters.clear()
         self._done = Latch()
         self._done.set()
-
-
-def _looks_async(handler: Callable[..., object]) -> bool:
-    """True for an ``async def`` handler (a function, a method, a partial, or an object whose
-    ``__call__`` is one). A miss is harmless: a plain function that returns an awaitable is
-    found out at its first call (Consumer._consume_inline)."""
-    if inspect.iscoroutinefunction(handler):
-        return True
-    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the method, not callable()
-    return inspect.iscoroutinefunction(call)

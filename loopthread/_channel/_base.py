@@ -140,7 +140,7 @@ class ChannelBase(ComponentBase, Generic[T]):
     _in_flight: int
     _batches: int
     _wakeups: int
-    _over_limit: int
+    _over_limit: itertools.count[int]
     _high_water: int
     _log_limiter: RateLimiter
     _stop_requested: bool
@@ -175,7 +175,7 @@ class ChannelBase(ComponentBase, Generic[T]):
             in_flight=self._in_flight,
             unhandled=self._unhandled + self._late_unhandled,
             rejected=peek(self._rejected),
-            over_limit=self._over_limit,
+            over_limit=peek(self._over_limit),
             batches=self._batches,
             wakeups=self._wakeups,
             maxsize=self._maxsize,

@@ -14,6 +14,7 @@ from loopthread._channel._base import (
     T,
 )
 from loopthread._channel._consumer import Consumer
+from loopthread._channel._worker import in_handler_fed_by
 from loopthread._exceptions import (
     ChannelFullError,
 )
@@ -118,9 +119,11 @@ class Producer(Consumer[T]):
                 'overflow policy is "error". Handle ChannelFullError, raise maxsize, or choose '
                 'overflow="block", "drop_newest" or "drop_oldest".'
             )
-        if self._lt.in_loop_thread():
-            # Waiting here would freeze the loop, and with it the consumer that makes room.
-            self._over_limit += 1
+        if self._lt.in_loop_thread() or in_handler_fed_by(self):
+            # Waiting here would freeze the loop, and with it the consumer that makes room; in
+            # an executor handler of this channel (or of one its handler feeds, which it may
+            # be waiting for), it would wait for the very call that waits.
+            next(self._over_limit)
             return self._admit(item)
         deadline = None if timeout is None else time.monotonic() + timeout
         items = self._items

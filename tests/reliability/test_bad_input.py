@@ -116,6 +116,15 @@ def stopped_loop() -> LoopThread:
     return lt
 
 
+def drain_after_another_loop(lt: LoopThread) -> Any:
+    """A channel on ``lt`` that would drain after a channel of another LoopThread."""
+    other = LoopThread("other", metrics_registry=None).start()
+    try:
+        return loopthread.Channel(lt, handle, drain_after=other.channel(handle))
+    finally:
+        other.stop()
+
+
 def used_then_closed_bus(lt: LoopThread) -> Any:
     """report() on a bus that was used and then closed."""
     bus = EventBus(lt)
@@ -315,6 +324,13 @@ BAD_INPUT: list[Case] = [
         lambda lt: loopthread.Channel(lt, handle, drain_after=3),
         TypeError,
         "drain_after must be a Channel or None",
+    ),
+    Case(
+        "Channel(lt, handle, drain_after=<another loop's channel>)",
+        drain_after_another_loop,
+        ValueError,
+        "drain_after must be a channel of this LoopThread .* Create the upstream channel on "
+        "the same LoopThread",
     ),
     Case(
         "channel on a stopped loop",
