@@ -6,21 +6,24 @@ a :class:`Reporter` (``reporter.report("progress", {"done": 3})``, or
 ``reporter.publish(event)`` for a ready-made event dict); the loop wakes only when there are
 events. Handlers run on the loop, or in the executor (``run_in="executor"``, one call at a time
 per handler, in order), each event in the ``contextvars`` of the code that reported it. The
-dispatch and the executor lanes are in :mod:`loopthread._eventbus_dispatch`.
+dispatch and the executor lanes are in :mod:`loopthread._eventbus_dispatch`, the handler table in
+:mod:`loopthread._eventbus_table`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from loopthread._bind import Binding
-from loopthread._channel._worker import running_in_executor_for
-from loopthread._eventbus_dispatch import Event, Handler, Handlers, Route, checked
-from loopthread._eventbus_report import EventBusStats, Reporter, event_of
+from loopthread._channel._worker import in_handler_fed_by
+from loopthread._eventbus_dispatch import Route
+from loopthread._eventbus_report import EventBusStats, Reporter, closed_error, event_of
+from loopthread._eventbus_table import Event, Handler, Handlers, checked
 from loopthread._exceptions import ChannelClosedError, LoopNotRunningError, WouldDeadlockError
 from loopthread._process import fork_safe_lock
 from loopthread._util import INF, remaining
@@ -52,14 +55,20 @@ class EventBus:
     handler in the LoopThread's executor instead (blocking I/O, a plugin you do not control):
     one call at a time per handler, in event order; the loop and the other handlers go on
     meanwhile (a handler that falls ``maxsize`` events behind holds the bus back: its queue
-    is bounded). Every handler runs in a copy of the ``contextvars`` of the code that reported
-    the event (a request id set by the producer thread), never another event's. A handler that
-    raises is logged and counted; the other handlers of the event and the bus go on. Events
-    of a type with no handler are counted (``stats().unknown``) and ignored.
+    is bounded). A handler is one handler by equality: a bound method registered for several
+    types keeps one queue. Each handler call runs in a copy of its own of the ``contextvars``
+    of the code that reported the event (a request id set by the producer thread): what one
+    call sets is seen by no other handler, event or request. A handler that raises is logged
+    and counted; the other handlers of the event and the bus go on. Events of a type with no
+    handler are counted (``stats().unknown``) and ignored.
 
     ``flush()`` waits for executor handlers too; ``close()`` and ``LoopThread.stop()`` drain
-    them within their deadline, and what they could not handle is counted (``stats().lanes``,
-    ``ShutdownReport.items_unhandled``); a stuck executor handler does not hang ``stop()``.
+    them within their deadline (those registered while the loop stops too), and what they
+    could not handle is counted (``stats().lanes``, ``ShutdownReport.items_unhandled``); a
+    stuck executor handler does not hang ``stop()``. Inside an executor handler, a publish
+    into its own full bus is admitted past ``maxsize`` (``stats().channel.over_limit``: the
+    bus may be waiting for that very handler), and ``bus.close()`` begins closing and
+    returns, as on the loop thread.
 
     Args:
         loop_thread: the LoopThread to run on. None: ``loopthread.default()``, looked up at the
@@ -113,8 +122,7 @@ class EventBus:
         """
         if not isinstance(event_type, str):
             raise TypeError(f"event_type must be a str; got {event_type!r}.")
-        handler = checked(handler, run_in, f"bus.on({event_type!r}, ")
-        self._handlers.add(event_type, handler, run_in)
+        self._add(event_type, checked(handler, run_in, f"bus.on({event_type!r}, "), run_in)
 
     def on_any(self, handler: Handler, *, run_in: str = "loop") -> None:
         """Call ``handler(event)`` for every event, whatever its type, after the event's typed
@@ -124,7 +132,7 @@ class EventBus:
             TypeError: ``handler`` is not callable, or it is async with ``run_in="executor"``.
             ValueError: ``run_in`` is not ``"loop"`` or ``"executor"``.
         """
-        self._handlers.add(None, checked(handler, run_in, "bus.on_any("), run_in)
+        self._add(None, checked(handler, run_in, "bus.on_any("), run_in)
 
     def publish(self, event: Mapping[str, Any]) -> bool:
         """Queue a ready-made event: a mapping whose ``"type"`` is a str.
@@ -141,7 +149,7 @@ class EventBus:
             ChannelFullError: the bus is full and its policy is ``"error"``.
             LoopNotRunningError: the bus's explicit ``loop_thread`` is not running.
         """
-        return self._put(event_of(event))
+        return self._put(event_of(event), "bus.publish")
 
     def reporter(self) -> Reporter:
         """A thread-safe :class:`Reporter` to hand to worker threads."""
@@ -160,8 +168,7 @@ class EventBus:
         route = self._route
         if route is None:
             return True
-        lanes = route.lanes
-        if any(running_in_executor_for(lane) for lane in lanes):
+        if in_handler_fed_by(route.channel):
             raise WouldDeadlockError(
                 f"bus.flush() was called inside an executor handler of {self._name}: it would "
                 "wait for that very call. Flush from outside the handlers."
@@ -196,7 +203,8 @@ class EventBus:
 
         The executor handlers' lanes are closed once the bus's channel drained; all within
         ``timeout`` (see :meth:`loopthread.Channel.close` for the deadline). Called on the
-        loop thread it stops accepting at once and drains in the background.
+        loop thread, or inside one of this bus's executor handlers (whose call the drain
+        waits for), it stops accepting at once and drains in the background.
 
         Raises:
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
@@ -204,19 +212,20 @@ class EventBus:
         timeout = check_timeout(timeout)
         with self._lock:
             self._closed = True
-        route = self._route
+            route = self._route
         if route is None:
             return
-        route.channel.close(timeout)  # on the loop thread: closed now, drained in the background
-        if route.lt.in_loop_thread():
-            deadline = INF if timeout is None else time.monotonic() + timeout
-            task = asyncio.get_running_loop().create_task(self._close_lanes(route, deadline))
-            self._closing.add(task)  # a strong reference until it is done
-            task.add_done_callback(self._closing.discard)
-            return
         deadline = INF if timeout is None else time.monotonic() + timeout
-        for lane in route.lanes:
-            lane.close(_left(deadline))
+        # On the loop thread or in an executor handler: closed now, drained in the background.
+        route.channel.close(timeout)
+        if route.lt.in_loop_thread():
+            self._spawn_close_lanes(route, deadline)
+        elif in_handler_fed_by(route.channel):
+            with contextlib.suppress(RuntimeError):  # the loop closed: its stop drained them
+                route.lt.loop.call_soon_threadsafe(self._spawn_close_lanes, route, deadline)
+        else:
+            for lane in route.seal():
+                lane.close(_left(deadline))
 
     def stats(self) -> EventBusStats:
         """A snapshot of the bus's counters."""
@@ -246,32 +255,46 @@ class EventBus:
         """``event-bus-N``: names the bus's channel in logs and metrics."""
         return self._name
 
+    def _add(self, event_type: str | None, handler: Handler, run_in: str) -> None:
+        # Under the bus's lock, as the Route's publication in _open_on: either this sees the
+        # Route and opens the handler's lane, or the Route's open_lanes() sees the handler.
+        with self._lock:
+            self._handlers.add(event_type, handler, run_in)
+            route = self._route
+        if run_in == "executor" and route is not None and not self._closed:
+            route.open_lanes()
+
+    def _spawn_close_lanes(self, route: Route, deadline: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._close_lanes(route, deadline))
+        self._closing.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._closing.discard)
+
     async def _close_lanes(self, route: Route, deadline: float) -> None:
         # After the bus's channel drained: what it dispatches meanwhile still reaches them.
         await route.channel.aclose(_left(deadline))
-        for lane in route.lanes:
+        for lane in route.seal():
             await lane.aclose(_left(deadline))
 
-    def _put(self, event: Event) -> bool:
-        channel = self._live_channel()
+    def _put(self, event: Event, call: str) -> bool:
+        """Queue ``event``; ``call`` names the user's call in errors (``"bus.publish"``)."""
+        channel = self._live_channel(call)
         try:
             return channel.put(event)
         except ChannelClosedError:
-            if self._closed or self._loop_thread is not None:
+            if self._closed:
+                raise closed_error(self._name, call) from None
+            if self._loop_thread is not None:
                 raise
             # The default loop this channel lived on stopped (or this is a forked child):
             # move to the current default loop.
-            return self._live_channel().put(event)
+            return self._live_channel(call).put(event)
 
-    def _live_channel(self) -> Channel[Event]:
+    def _live_channel(self, call: str) -> Channel[Event]:
         if self._closed:
             used = self._binding.value
             if used is not None:
-                return used  # its put() raises the channel's own ChannelClosedError
-            raise ChannelClosedError(
-                "this EventBus is closed: report() after bus.close() is refused. Stop the "
-                "workers before closing the bus, or create a new EventBus."
-            )
+                return used  # a put racing close() is taken until the channel closes
+            raise closed_error(self._name, call)
         channel = self._binding.get()
         if channel is None and self._binding.value is not None:
             return self._binding.value  # closed: its put() says why (stopped, forked)
@@ -288,7 +311,10 @@ class EventBus:
         route = Route(
             self._handlers, lt, name=self._name, maxsize=self._maxsize, overflow=self._overflow
         )
-        self._route = route
+        with self._lock:  # see _add
+            self._route = route
+        # Now, not at the first event for each: once stop() began no lane can be opened.
+        route.open_lanes()
         return route.channel
 
 

@@ -1,10 +1,9 @@
-"""The event bus's loop side: the handler table, the dispatch of each event, the executor lanes.
+"""The event bus's loop side: the dispatch of each event and the executor lanes.
 
-* :class:`Handlers` is the table (copy-on-write: ``on()``/``on_any()`` from any thread replace
-  it, the dispatch reads whichever one is current), the counters and the failure log.
-* :class:`Route` is one bus on one LoopThread: its channel (``context="producer"``, so each
-  event is dispatched in the context of the code that reported it) and one lane per executor
-  handler. A bus that follows the default loop gets a new Route on each new loop.
+:class:`Route` is one bus on one LoopThread: its channel (``context="producer"``, so each
+event is dispatched in the context of the code that reported it) and one lane per executor
+handler. A bus that follows the default loop gets a new Route on each new loop. The handler
+table it reads is :mod:`loopthread._eventbus_table`.
 
 An executor handler's lane is a channel of its own (``run_in="executor"``,
 ``context="producer"``): the dispatch hands it the event on the loop (``aput``, so a full lane
@@ -12,129 +11,42 @@ holds the dispatch back and, through it, the bus's producers); the lane calls th
 the executor, one call at a time, in order, in a copy of the event's context; ``flush()``,
 ``close()`` and ``stop()`` wait for it like for the bus's own channel, and stop() drains a
 lane only once the bus's channel finished (``drain_after``). A blocked executor handler holds
-back its own lane, never the loop nor the other handlers (until its lane is full).
+back its own lane, never the loop nor the other handlers (until its lane is full). Because the
+bus's channel may be waiting for room in a lane, a handler in it that publishes into its own
+bus is admitted past ``maxsize``, and one that closes the bus does not wait for the drain
+(see ``in_handler_fed_by``).
+
+Lanes are opened as soon as both the handler and the Route exist (``on()`` or the Route's
+creation, whichever comes second), not at the first event: a LoopThread that began stopping
+opens no channel, and its drain must still reach every executor handler. One registered while
+the loop stops has no lane: the dispatch then calls it in the executor itself, waiting for
+each call (in order, one at a time).
+
+Contexts: the bus's channel calls the dispatch in a private copy of a run's context (see
+``_modes``), and no user code runs in that copy itself: each handler call gets a copy of its
+own (``clean.copy()``; an async handler's coroutine is stepped in it, see :func:`_in_context`),
+so a variable a handler sets reaches neither the other handlers of the event nor later events.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextvars
+import types
+from collections.abc import Awaitable, Coroutine, Generator
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from loopthread._channel import Channel
+from loopthread._channel._worker import run_as_handler_of
+from loopthread._eventbus_table import Entry, Event, Handlers
 from loopthread._exceptions import LoopNotRunningError
-from loopthread._log import RateLimiter, logger
 from loopthread._process import fork_safe_lock
-from loopthread._validate import check_choice, is_async_callable
 
 if TYPE_CHECKING:
     from loopthread._loopthread import LoopThread
 
-__all__ = ["RUN_IN", "Event", "Handler", "Handlers", "Route", "checked"]
-
-Event = dict[str, Any]
-Handler = Callable[[Event], Awaitable[object] | None]
-
-
-class Entry:
-    """One registered handler; ``lane`` is its executor lane's number (None: on the loop)."""
-
-    __slots__ = ("handler", "lane")
-
-    def __init__(self, handler: Handler, lane: int | None) -> None:
-        self.handler = handler
-        self.lane = lane
-
-
-def _is_awaitable(result: object) -> bool:
-    return result is not None and (type(result) is CoroutineType or hasattr(result, "__await__"))
-
-
-class Handlers:
-    """The handlers of one bus and what they did (counters survive a move to a new loop)."""
-
-    def __init__(self) -> None:
-        self._lock = fork_safe_lock()
-        # Typed handlers, then the catch-all ones, per type; `fallback` for the other types.
-        self.table: dict[str, tuple[Entry, ...]] = {}
-        self.fallback: tuple[Entry, ...] = ()
-        self._typed: dict[str, tuple[Entry, ...]] = {}
-        self._lanes: dict[int, int] = {}  # id(handler) -> its lane (the table keeps it alive)
-        # Written on the loop thread only.
-        self.events = 0
-        self.unknown = 0
-        self.calls = 0
-        self.failures = 0
-        # Written by executor workers (one lane call at a time each), under _count_lock.
-        self._count_lock = fork_safe_lock()
-        self.lane_calls = 0
-        self.lane_failures = 0
-        self._limiter = RateLimiter()
-
-    def add(self, event_type: str | None, handler: Handler, run_in: str) -> None:
-        """Register ``handler`` for ``event_type`` (None: every event)."""
-        with self._lock:
-            lane = None
-            if run_in == "executor":  # one lane per handler, however many types it has
-                lane = self._lanes.setdefault(id(handler), len(self._lanes) + 1)
-            entry = Entry(handler, lane)
-            if event_type is None:
-                self.fallback = (*self.fallback, entry)
-            else:
-                self._typed = {**self._typed, event_type: (*self._typed.get(event_type, ()), entry)}
-            # One lookup per event on the loop: the catch-all handlers come after the typed ones.
-            self.table = {t: (*entries, *self.fallback) for t, entries in self._typed.items()}
-
-    @property
-    def types(self) -> int:
-        """Event types with a handler of their own."""
-        return len(self._typed)
-
-    def failed(self, event_type: object, handler: Handler, exc: BaseException) -> None:
-        """Log a handler's failure, rate-limited per (type, handler); never raises. Any thread."""
-        name = getattr(handler, "__qualname__", None) or repr(handler)
-        with self._count_lock:
-            suppressed = self._limiter.allow((event_type, name))
-        if suppressed is None:
-            return
-        try:
-            logger.error(
-                "event_bus.handler_failed",
-                event_type=event_type,
-                handler=name,
-                suppressed=suppressed,
-                exc_info=exc,
-            )
-        except Exception:  # noqa: BLE001 - a broken log setup must not break the bus
-            pass
-
-    def lane_handler(self, handler: Handler) -> Callable[[list[Event]], None]:
-        """The lane's channel handler: ``handler`` for each event, each fault isolated (in an
-        executor worker, in the events' context)."""
-
-        def call_each(events: list[Event]) -> None:
-            failures = 0
-            for event in events:
-                try:
-                    result = handler(event)
-                    if _is_awaitable(result):
-                        close = getattr(result, "close", None)
-                        if callable(close):
-                            close()
-                        raise TypeError(
-                            "an executor handler (run_in='executor') returned an awaitable: "
-                            "pass a plain function, or register an async one with "
-                            "run_in='loop'."
-                        )
-                except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
-                    failures += 1
-                    self.failed(event["type"], handler, exc)
-            with self._count_lock:
-                self.lane_calls += len(events)
-                self.lane_failures += failures
-
-        return call_each
+__all__ = ["Route"]
 
 
 class Route:
@@ -153,42 +65,59 @@ class Route:
         self.lt = lt
         self._name = name
         self._maxsize = maxsize
-        self._lanes: dict[int, Channel[Event]] = {}  # by lane number; the loop thread's own
+        self._lock = fork_safe_lock()  # opening lanes: on() and the loop may race for one
+        self._lanes: dict[int, Channel[Event]] = {}  # by lane number
         # What other threads read (flush, close, stats): replaced, never changed in place (a
-        # dict iterated while the loop adds a lane raises without the GIL).
+        # dict iterated while a lane is added raises without the GIL).
         self.lanes: tuple[Channel[Event], ...] = ()
+        self._sealed = False  # the bus closed its lanes: it opens no more
         self.channel: Channel[Event] = Channel(
             lt, self._dispatch, maxsize=maxsize, overflow=overflow, name=name, context="producer"
         )
 
-    def _lane(self, entry: Entry) -> Channel[Event]:
-        """On the loop: the lane of ``entry``, opened on first use.
+    def open_lanes(self) -> None:
+        """Open the lane of every executor handler registered so far; any thread. Once the
+        LoopThread began stopping it opens none (see the module docstring)."""
+        for number in self._handlers.lane_handlers:
+            if number not in self._lanes:
+                self._open(number)
 
-        Raises:
-            LoopNotRunningError: the LoopThread began stopping before this lane was opened.
-        """
-        assert entry.lane is not None
-        lane = self._lanes.get(entry.lane)
-        if lane is None:
-            lane = Channel(
-                self.lt,
-                self._handlers.lane_handler(entry.handler),
-                maxsize=self._maxsize,
-                name=f"{self._name}/executor-{entry.lane}",
-                context="producer",
-                run_in="executor",
-                drain_after=self.channel,
-            )
-            self._lanes[entry.lane] = lane
+    def seal(self) -> tuple[Channel[Event], ...]:
+        """Open no more lanes; return those open (for the bus to close)."""
+        with self._lock:
+            self._sealed = True
+            return self.lanes
+
+    def _open(self, number: int) -> Channel[Event] | None:
+        """Lane ``number``, opened if it is not yet; None if it cannot be (stopping, sealed)."""
+        with self._lock:
+            lane = self._lanes.get(number)
+            if lane is not None or self._sealed:
+                return lane
+            try:
+                lane = Channel(
+                    self.lt,
+                    self._handlers.lane_handler(self._handlers.lane_handlers[number]),
+                    maxsize=self._maxsize,
+                    name=f"{self._name}/executor-{number}",
+                    context="producer",
+                    run_in="executor",
+                    drain_after=self.channel,
+                )
+            except LoopNotRunningError:
+                return None
+            self._lanes[number] = lane
             self.lanes = (*self.lanes, lane)
-        return lane
+            return lane
 
     def _dispatch(self, batch: list[Event]) -> Awaitable[None] | None:
         # The bus's channel handler, called with a run of events reported in one context, in
-        # it. A plain function: handlers that return nothing to await cost no Task; the first
-        # awaitable (an async handler, a full lane) hands the rest of the run to _resume.
+        # a private copy of it. A plain function: handlers that return nothing to await cost
+        # no Task; the first awaitable (an async handler, a full lane) hands the rest of the
+        # run to _resume. Each handler call runs in a copy of `clean` (see the docstring).
         handlers = self._handlers
         table, fallback = handlers.table, handlers.fallback
+        clean = contextvars.copy_context()
         for position, event in enumerate(batch):
             entries = table.get(event["type"], fallback)
             if not entries:
@@ -201,13 +130,16 @@ class Route:
                 try:
                     if entry.lane is None:  # _call, inline: the common case, once per handler
                         handlers.calls += 1
-                        pending = entry.handler(own)
-                        if pending is None or not (
-                            type(pending) is CoroutineType or hasattr(pending, "__await__")
-                        ):
+                        context = clean.copy()
+                        pending = context.run(entry.handler, own)
+                        if pending is None:
+                            continue
+                        if type(pending) is CoroutineType:
+                            pending = _in_context(pending, context)
+                        elif not hasattr(pending, "__await__"):
                             continue
                     else:
-                        pending = self._call(entry, own)
+                        pending = self._call(entry, own, clean)
                         if pending is None:
                             continue
                 except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
@@ -228,13 +160,15 @@ class Route:
         it returned), awaiting what handlers return."""
         handlers = self._handlers
         table, fallback = handlers.table, handlers.fallback
+        clean = contextvars.copy_context()  # this Task's, a private copy no user code runs in
         size = len(batch)
         while True:
             event = batch[position]
             if pending is None:  # handler `index` of this event is still to be called
                 entry = entries[index]
+                own = event if index == len(entries) - 1 else dict(event)
                 try:
-                    pending = self._call(entry, event if index == len(entries) - 1 else dict(event))
+                    pending = self._call(entry, own, clean)
                 except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
                     self._failed(event, entry, exc)
             if pending is not None:
@@ -252,6 +186,8 @@ class Route:
                 except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
                     self._failed(event, entries[index], exc)
                 pending = None
+                # Handlers registered while this one ran see the events dispatched after it.
+                table, fallback = handlers.table, handlers.fallback
             index += 1
             while index == len(entries):  # the next event that has handlers
                 position += 1
@@ -264,57 +200,77 @@ class Route:
                 else:
                     handlers.unknown += 1
 
-    def _call(self, entry: Entry, event: Event) -> Awaitable[object] | None:
-        """Hand ``event`` to one handler; return what must be awaited (None: done).
+    def _call(
+        self, entry: Entry, event: Event, clean: contextvars.Context
+    ) -> Awaitable[object] | None:
+        """Hand ``event`` to one handler, in a copy of ``clean``; return what must be awaited
+        (None: done).
 
         Raises:
-            whatever the handler raises; LoopNotRunningError if its lane cannot be opened.
+            whatever the handler raises.
         """
         if entry.lane is not None:
             # Put on the loop, in this event's context: the lane keeps that context with it.
-            lane = self._lane(entry)
+            lane = self._lanes.get(entry.lane)
+            if lane is None:
+                lane = self._open(entry.lane)
+            if lane is None:  # the LoopThread stops: no lane can be opened any more
+                return self._in_worker(entry, event, clean)
             if lane.depth >= self._maxsize:  # full: wait for room rather than go past it
                 return lane.aput(event)
             lane.put(event)
             return None
         self._handlers.calls += 1
-        result = entry.handler(event)
-        if result is not None and (type(result) is CoroutineType or hasattr(result, "__await__")):
-            return result
-        return None
+        context = clean.copy()
+        result = context.run(entry.handler, event)
+        if result is None:
+            return None
+        if type(result) is CoroutineType:
+            return _in_context(result, context)
+        return result if hasattr(result, "__await__") else None
+
+    def _in_worker(
+        self, entry: Entry, event: Event, clean: contextvars.Context
+    ) -> Awaitable[object]:
+        """Executor handler ``entry`` for ``event`` without a lane: in the executor now, the
+        dispatch waiting for it (as part of the bus's channel's handler call, for the checks
+        of flush, put and close made inside it)."""
+        call = self._handlers.lane_handler(entry.handler)
+        context = clean.copy()
+        return self.lt.loop.run_in_executor(
+            None, context.run, run_as_handler_of, self.channel, call, [event]
+        )
 
     def _failed(self, event: Event, entry: Entry, exc: BaseException) -> None:
-        if entry.lane is not None and isinstance(exc, LoopNotRunningError):
-            exc = LoopNotRunningError(
-                f"the event did not reach executor handler {entry.handler!r}: its lane "
-                f"could not be opened ({exc})"
-            )
         self._handlers.failures += 1
         self._handlers.failed(event["type"], entry.handler, exc)
 
 
-RUN_IN: tuple[str, ...] = ("loop", "executor")
+@types.coroutine
+def _in_context(
+    coro: Coroutine[Any, Any, object], context: contextvars.Context
+) -> Generator[Any, Any, object]:
+    """Await ``coro`` with each of its steps run in ``context``, not in the awaiting Task's.
 
-
-def checked(handler: Handler, run_in: str, call: str) -> Handler:
-    """``handler``, checked for ``on``/``on_any`` (``call`` starts the right call).
-
-    Raises:
-        TypeError, ValueError: see EventBus.on.
+    What a Task does for its own coroutine (``context.run(coro.send, ...)`` per step), without
+    a Task per handler call: what the futures it waits on are, how it is cancelled and
+    ``asyncio.current_task()`` stay the awaiting Task's.
     """
-    run_in = check_choice(run_in, "run_in", RUN_IN)
-    if isinstance(handler, CoroutineType):
-        handler.close()
-        raise TypeError(
-            "handler must be the function itself; got a coroutine object. "
-            f"Pass {call}handle), not {call}handle(...))."
-        )
-    if not callable(handler):
-        raise TypeError(f"handler must be callable, taking the event dict; got {handler!r}.")
-    if run_in == "executor" and is_async_callable(handler):
-        raise TypeError(
-            f"handler {handler!r} is async: run_in='executor' runs a plain function in the "
-            f"executor. Register it to run on the loop ({call}handler)), or pass a plain "
-            "function."
-        )
-    return handler
+    send, throw = coro.send, coro.throw
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            if error is None:
+                step = context.run(send, value)
+            else:
+                step, error = context.run(throw, error), None
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value = yield step
+        except GeneratorExit:
+            context.run(coro.close)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown into the coroutine, as a Task does
+            value, error = None, exc

@@ -7,13 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from loopthread._eventbus_dispatch import Event
+from loopthread._eventbus_table import Event
+from loopthread._exceptions import ChannelClosedError
 
 if TYPE_CHECKING:
     from loopthread._channel import ChannelStats
     from loopthread._eventbus import EventBus
 
-__all__ = ["EventBusStats", "Reporter", "event_of"]
+__all__ = ["EventBusStats", "Reporter", "closed_error", "event_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +26,7 @@ class EventBusStats:
         events: events that had at least one handler.
         unknown: events whose type had no handler (counted and ignored).
         handler_calls: handler calls made (on the loop and in the executor).
-        handler_failures: handler calls that raised (each logged; the others still ran), and
-            events an executor handler could not be given (its lane could not be opened).
+        handler_failures: handler calls that raised (each logged; the others still ran).
         lanes: the stats of each executor handler's lane (a channel named
             ``event-bus-N/executor-K``, K counting executor handlers in registration order).
     """
@@ -86,15 +86,23 @@ class Reporter:
                 raise TypeError(
                     f"data must be a mapping such as {{'done': 3}}; got {type(data).__name__}."
                 ) from None
-        return self._bus._put(event)
+        return self._bus._put(event, "reporter.report")
 
     def publish(self, event: Mapping[str, Any]) -> bool:
         """Queue a ready-made event (a mapping with a str ``"type"``); see
         :meth:`EventBus.publish`."""
-        return self._bus.publish(event)
+        return self._bus._put(event_of(event), "reporter.publish")
 
     def __repr__(self) -> str:
         return f"<Reporter of {self._bus!r}>"
+
+
+def closed_error(bus: str, call: str) -> ChannelClosedError:
+    """The error of ``call`` (``"reporter.report"``, ...) on a closed bus named ``bus``."""
+    return ChannelClosedError(
+        f"EventBus {bus!r} is closed: {call}() after bus.close() is refused. Stop the workers "
+        "before closing the bus, or create a new EventBus."
+    )
 
 
 def event_of(event: object) -> Event:

@@ -488,7 +488,7 @@ BAD_INPUT: list[Case] = [
         "report after close (used)",
         used_then_closed_bus,
         ChannelClosedError,
-        "Stop the producers before closing",
+        r"reporter\.report\(\) after bus\.close\(\) is refused\. Stop the workers",
     ),
     Case(
         "bus.flush(timeout=-1)", lambda lt: EventBus(lt).flush(-1), ValueError, "Pass timeout=None"
