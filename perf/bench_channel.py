@@ -26,6 +26,9 @@ of work per event, on a LoopThread with metrics, lag monitor and watchdog off
 fresh ``CollectorRegistry``), interleaved, a fresh LoopThread per round, every thread on one CPU
 (see ``perf._harness.one_cpu``).
 
+Then ``lt.channel_from`` on a ``multiprocessing.Queue`` fed by another process, against a 1 ms
+poller and a thread blocked in ``get()`` on the same kind of queue (:mod:`perf._bench_source`).
+
 Run: ``python -m perf.bench_channel [--quick]``.
 """
 
@@ -54,6 +57,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 import loopthread
+from perf._bench_source import section as source_section
 from perf._harness import (
     Result,
     interleave,
@@ -768,6 +772,7 @@ def report(quick: bool = False) -> str:
             puts = _put_cost(rig, plan)
             latency = _latency(rig, plan)
             idle = _idle(rig, plan)
+            source, source_targets = source_section(rig.lt, quick)
         finally:
             rig.close()
         overhead, pinned = _overhead(plan)
@@ -807,10 +812,13 @@ def report(quick: bool = False) -> str:
             "",
             _overhead_table(overhead),
             "",
+            source,
+            "",
             "### Targets (ratios within this run)",
             "",
             *_targets(fast, work, puts, latency, idle),
             *_overhead_targets(overhead),
+            *source_targets,
             "",
             "Notes:",
             "- every table but the last runs on one LoopThread with the default options "

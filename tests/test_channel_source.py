@@ -405,6 +405,149 @@ def test_aflush_of_a_queue_on_the_loop(lt: LoopThread) -> None:
     ch.close(timeout=5)
 
 
+def test_a_corrupt_stream_ends_the_source_and_closes_the_channel(
+    lt: LoopThread, pipe: tuple[Connection, Connection]
+) -> None:
+    """Bytes that are not multiprocessing frames (a negative length) end the reading with an
+    error: the items before them are handled, the channel closes itself, the error is logged."""
+    reader, writer = pipe
+    rec: testing.Recorder[Any] = testing.Recorder()
+    with structlog.testing.capture_logs() as logs:
+        ch = lt.channel_from(reader, rec)
+        writer.send("before")
+        os.write(writer.fileno(), (-5).to_bytes(4, "big", signed=True) + b"junk")
+        assert rec.wait_for(1) == ["before"]
+        ch.close(timeout=5)
+    stats = ch.stats()
+    assert (stats.ended, stats.closed, stats.handled, stats.unhandled) == ("error", True, 1, 0)
+    ended = [e for e in logs if e["event"] == "channel.source_ended"]
+    assert ended
+    assert ended[0]["reason"] == "error"
+
+
+def test_stop_at_its_deadline_counts_what_was_read_and_leaves_the_rest(
+    held: Held, pipe: tuple[Connection, Connection]
+) -> None:
+    """A handler that hangs past stop()'s deadline: what was read and not handled is counted
+    unhandled (put == handled + unhandled), what was not read stays in the pipe."""
+    reader, writer = pipe
+    lt = LoopThread("source-deadline", lag_interval=None).start()
+    held.hold()
+    ch = lt.channel_from(reader, held, maxsize=2, batch_size=1)
+    writer.send((0, b""))
+    assert held.entered.wait(5)
+
+    def write() -> None:
+        for i in range(1, 100):
+            writer.send((i, b"y" * 4000))
+
+    writing = threading.Thread(target=write)
+    writing.start()
+    with structlog.testing.capture_logs():
+        report = lt.stop(timeout=0.5)
+    held.released.set()
+    stats = ch.stats()
+    assert report.items_unhandled == stats.unhandled > 0
+    assert stats.put == stats.handled + stats.unhandled
+    assert stats.ended == "closed"
+    expected = stats.put  # the rest is in the pipe, whole: nothing torn, nothing taken
+    while expected < 100:
+        assert reader.poll(5)
+        assert reader.recv()[0] == expected
+        expected += 1
+    writing.join(5)
+    assert not writing.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(queue.Queue, "shutdown"), reason="Queue.shutdown(): 3.13+")
+def test_queue_shutdown_ends_the_channel(lt: LoopThread) -> None:
+    """queue.Queue.shutdown() ends the reading (EOF); the items before it are handled."""
+    q: queue.Queue[int] = queue.Queue()
+    rec: testing.Recorder[int] = testing.Recorder()
+    ch = lt.channel_from(q, rec)
+    for i in range(10):
+        q.put(i)
+    q.shutdown()  # type: ignore[attr-defined]
+    assert rec.wait_for(10) == list(range(10))
+    ch.close(timeout=5)
+    assert (ch.stats().ended, ch.closed) == ("eof", True)
+
+
+class FlakyQueue(queue.Queue[Any]):
+    """A queue-like source whose get() raises for some items (a user's wrapper that decodes)."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        item = super().get(block, timeout)
+        if item == "bad":
+            raise ValueError("cannot decode this one")
+        return item
+
+
+def test_queue_get_failures_are_counted_and_skipped(lt: LoopThread) -> None:
+    """get() raising is an unreadable item: counted, logged, the reading goes on."""
+    q = FlakyQueue()
+    rec: testing.Recorder[Any] = testing.Recorder()
+    with structlog.testing.capture_logs() as logs:
+        ch = lt.channel_from(q, rec)
+        for item in (1, "bad", 2):
+            q.put(item)
+        assert ch.flush(timeout=5)
+        ch.close(timeout=5)
+    assert rec.items == [1, 2]
+    assert ch.stats().unreadable == 1
+    assert any(e["event"] == "channel.source_unreadable" for e in logs)
+
+
+def test_flush_of_a_queue_waits_while_the_channel_is_full(lt: LoopThread, held: Held) -> None:
+    """A full channel holds the queue's thread in put(): flush() waits (until its timeout)
+    and completes once the handler is released."""
+    q: queue.Queue[int] = queue.Queue()
+    held.hold()
+    ch = lt.channel_from(q, held, maxsize=2, batch_size=1)
+    q.put(0)
+    assert held.entered.wait(5)
+    for i in range(1, 50):
+        q.put(i)
+    assert not ch.flush(timeout=0.2)  # the handler is held: the bound, not a sleep
+    assert q.qsize() > 0  # the rest waits in the queue
+    held.released.set()
+    assert ch.flush(timeout=10)
+    assert held.items == list(range(50))
+    ch.close(timeout=5)
+
+
+def test_close_on_the_loop_thread_returns_and_closes_in_the_background(
+    lt: LoopThread, pipe: tuple[Connection, Connection]
+) -> None:
+    """close() called on the loop thread does not block it; a later close() from a thread
+    waits for that close, which handled what the pipe held."""
+    reader, writer = pipe
+    rec: testing.Recorder[int] = testing.Recorder()
+    ch = lt.channel_from(reader, rec)
+    for i in range(100):
+        writer.send(i)
+    lt.run_sync(ch.close)
+    ch.close(timeout=5)
+    assert ch.closed
+    assert rec.items == list(range(100))
+
+
+def test_put_still_works_and_mixes_with_the_source(
+    lt: LoopThread, pipe: tuple[Connection, Connection]
+) -> None:
+    """put() into a source channel: the item goes through like one read from the source."""
+    reader, writer = pipe
+    rec: testing.Recorder[str] = testing.Recorder()
+    ch = lt.channel_from(reader, rec)
+    writer.send("from the pipe")
+    assert ch.flush(timeout=5)
+    assert ch.put("from put")
+    assert ch.flush(timeout=5)
+    assert rec.items == ["from the pipe", "from put"]
+    ch.close(timeout=5)
+    assert ch.stats().put == 2
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -130,9 +130,9 @@ class SourceChannel(Channel[T]):
 
     def _start_reader(self) -> None:
         plan = self._plan
-        if plan.fd is not None:
-            if self._lt.run_sync(self._watch_source):
-                return
+        # On the loop thread (one registration at a time): refuse a second reader of the
+        # source, and watch its fd there (add_reader is not thread-safe).
+        if not self._lt.run_sync(self._watch_source):
             if plan.fallback is None:
                 raise TypeError(
                     f"the event loop of LoopThread {self._lt.name!r} cannot watch file "
@@ -146,22 +146,22 @@ class SourceChannel(Channel[T]):
             self._reader.start()
 
     def _watch_source(self) -> bool:
-        # On the loop thread, one registration at a time: add_reader on an fd that another
-        # channel watches would silently take it over.
+        """On the loop: False if the fd cannot be watched here (add_reader not implemented)."""
+        fd = self._plan.fd
         for other in self._lt.components:
             if (
                 isinstance(other, SourceChannel)
                 and other is not self
                 and not other._finished
-                and (other._source is self._source or other._plan.fd == self._plan.fd)
                 and other._reader.ended is None
+                and (other._source is self._source or (fd is not None and other._plan.fd == fd))
             ):
                 raise ValueError(
                     f"{self._plan.kind} {self._source!r} is read by channel {other.name!r} "
                     "already; a source has one channel_from() reader. Close that one first."
                 )
         reader = self._reader
-        return isinstance(reader, FdReader) and reader.register()
+        return reader.register() if isinstance(reader, FdReader) else True
 
     # ---------------------------------------------------------------- flush
 
