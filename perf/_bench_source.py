@@ -27,12 +27,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import loopthread
 from perf import _mp_producer
-from perf._harness import markdown_table, p99
+from perf._harness import markdown_table, p99, voluntary_switches
 
 __all__ = ["SourcePlan", "section"]
 
@@ -149,20 +148,10 @@ def _latency(lt: loopthread.LoopThread, plan: SourcePlan) -> dict[tuple[str, str
     return results
 
 
-def _switches(native_id: int | None) -> int | None:
-    path = Path(f"/proc/self/task/{native_id}/status")
-    if native_id is None or not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    return None
-
-
 def _idle_rate(native_id: int | None, seconds: float) -> float | None:
-    before = _switches(native_id)
+    before = voluntary_switches(native_id)
     time.sleep(seconds)  # the measurement window: nothing else runs
-    after = _switches(native_id)
+    after = voluntary_switches(native_id)
     return None if before is None or after is None else (after - before) / seconds
 
 

@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import janus
@@ -66,6 +65,7 @@ from perf._harness import (
     overhead_verdict,
     p99,
     parse_args,
+    voluntary_switches,
 )
 
 __all__ = ["report"]
@@ -552,16 +552,6 @@ def _latency_table(results: dict[tuple[str, str], list[float]]) -> str:
 # ---------------------------------------------------------------- idle
 
 
-def _switches(native_id: int | None) -> int | None:
-    path = Path(f"/proc/self/task/{native_id}/status")
-    if native_id is None or not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    return None
-
-
 @contextmanager
 def _poller_thread(backoff: bool) -> Iterator[threading.Thread]:
     items: deque[int] = deque()
@@ -589,11 +579,11 @@ def _poller_thread(backoff: bool) -> Iterator[threading.Thread]:
 
 
 def _measure_idle(native_id: int | None, seconds: float) -> tuple[float | None, float]:
-    before = _switches(native_id)
+    before = voluntary_switches(native_id)
     cpu = time.process_time()
     time.sleep(seconds)  # the measurement window: nothing else runs
     cpu = time.process_time() - cpu
-    after = _switches(native_id)
+    after = voluntary_switches(native_id)
     wakeups = None if before is None or after is None else (after - before) / seconds
     return wakeups, cpu / seconds
 

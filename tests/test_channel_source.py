@@ -9,8 +9,7 @@ import multiprocessing
 import os
 import pickle
 import queue
-import select
-import signal
+import re
 import socket
 import threading
 import time
@@ -33,6 +32,7 @@ from loopthread import (
     testing,
 )
 from tests import _source_workers
+from tests._seam_support import in_forked_child, run_python
 
 SPAWN = multiprocessing.get_context("spawn")
 LINUX_PROC = Path("/proc/self/task").exists()
@@ -717,32 +717,20 @@ def test_forked_child_does_not_read_the_source(lt: LoopThread) -> None:
     q = multiprocessing.get_context("fork").Queue()
     rec: testing.Recorder[Any] = testing.Recorder()
     ch = lt.channel_from(q, rec)
-    report_r, report_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+
+    def child() -> str:
+        answer = f"closed={ch.closed} ended={ch.stats().ended}"
         try:
-            answer = f"closed={ch.closed} ended={ch.stats().ended}"
-            try:
-                ch.put("x")
-            except ChannelClosedError as exc:
-                answer += " fork" if "fork" in str(exc) else f" {exc!r}"
-            for i in range(100):
-                q.put(("child", i))
-            q.close()
-            q.join_thread()
-        except BaseException as exc:  # noqa: BLE001 - report any failure to the parent
-            answer = repr(exc)
-        os.write(report_w, answer.encode())
-        os._exit(0)
-    os.close(report_w)
-    try:
-        ready, _, _ = select.select([report_r], [], [], 20)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-        answer = os.read(report_r, 4096).decode() if ready else "hung"
-    finally:
-        os.close(report_r)
-        os.waitpid(pid, 0)
+            ch.put("x")
+        except ChannelClosedError as exc:
+            answer += " fork" if "fork" in str(exc) else f" {exc!r}"
+        for i in range(100):
+            q.put(("child", i))
+        q.close()
+        q.join_thread()
+        return answer
+
+    answer = in_forked_child(child, timeout=20)
     assert answer == "closed=True ended=forked fork"
     assert ch.flush(timeout=10)
     assert rec.items == [("child", i) for i in range(100)]
@@ -785,6 +773,45 @@ def test_four_worker_processes_20000_events(lt: LoopThread) -> None:
         assert (stats.put, stats.handled, stats.failed, stats.unhandled) == (5000, 5000, 0, 0)
         assert stats.unreadable == 0
     assert sum(len(v) for v in got.values()) == workers * per_worker
+
+
+def test_exit_reads_and_drains_a_default_loop_source() -> None:
+    """Items in a pipe read by a default-loop channel_from when the program returns are read
+    and handled by the exit hook, and the report counts 0 unhandled."""
+    source = """
+        import logging, multiprocessing, sys, loopthread
+        logging.getLogger("loopthread").setLevel(logging.DEBUG)  # shows loop_thread.stopped
+        logging.getLogger("loopthread").addHandler(logging.StreamHandler(sys.stdout))
+        total = 0
+        def handler(batch):
+            global total
+            total += len(batch)
+            sys.stdout.write(f"handled {total}\\n")
+            sys.stdout.flush()
+        reader, writer = multiprocessing.Pipe(duplex=False)
+        ch = loopthread.default().channel_from(reader, handler)
+        for i in range(2_000):
+            writer.send(i)
+        print("main returns", flush=True)
+    """
+    proc = run_python(source)
+    assert proc.returncode == 0, proc.describe()
+    # The handler and the main thread both write to stdout: their lines may interleave.
+    assert max(int(n) for n in re.findall(r"handled (\d+)", proc.stdout)) == 2000, proc.describe()
+    assert "items_unhandled=0" in proc.stdout, proc.describe()
+
+
+def test_queue_simple_queue(lt: LoopThread) -> None:
+    """A queue.SimpleQueue (no task_done) is read by the thread too."""
+    q: queue.SimpleQueue[int] = queue.SimpleQueue()
+    rec: testing.Recorder[int] = testing.Recorder()
+    ch = lt.channel_from(q, rec)
+    for i in range(100):
+        q.put(i)
+    assert ch.flush(timeout=5)
+    assert rec.items == list(range(100))
+    ch.close(timeout=5)
+    assert ch.stats().reader == "thread"
 
 
 # ---------------------------------------------------------------- properties

@@ -59,13 +59,24 @@ class Framer(Protocol):
         ...
 
 
-class MultiprocessingFramer:
-    """``multiprocessing.connection`` framing: length header, then the payload."""
+class _Buffered:
+    """A framer that keeps the bytes of a partial frame between reads."""
 
     __slots__ = ("_buf",)
 
     def __init__(self) -> None:
         self._buf = bytearray()
+
+    def take_rest(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+
+class MultiprocessingFramer(_Buffered):
+    """``multiprocessing.connection`` framing: length header, then the payload."""
+
+    __slots__ = ()
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
@@ -114,19 +125,11 @@ class MultiprocessingFramer:
             return 12 + int.from_bytes(self._buf[4:12], "big") - held
         return max(0, 4 + size - held)
 
-    def take_rest(self) -> bytes:
-        rest = bytes(self._buf)
-        self._buf.clear()
-        return rest
 
-
-class LinesFramer:
+class LinesFramer(_Buffered):
     """``b"\\n"``-terminated lines; each frame is one line without its newline."""
 
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
+    __slots__ = ()
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
@@ -140,11 +143,6 @@ class LinesFramer:
 
     def needed(self) -> int | None:
         return 0 if not self._buf else None
-
-    def take_rest(self) -> bytes:
-        rest = bytes(self._buf)
-        self._buf.clear()
-        return rest
 
 
 class ChunksFramer:
