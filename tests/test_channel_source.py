@@ -104,6 +104,7 @@ def test_multiprocessing_queue_is_read_by_the_loop_without_a_thread(lt: LoopThre
     assert (stats.source, stats.reader) == ("multiprocessing.Queue", "add_reader")
     assert stats.ended is None
     assert (stats.put, stats.handled, stats.unreadable) == (500, 500, 0)
+    assert 1 <= stats.wakeups <= stats.reads  # at most one wake-up per read, none spare
     assert thread_names() == before
     ch.close(timeout=5)
     assert ch.stats().ended == "closed"
@@ -546,6 +547,21 @@ def test_put_still_works_and_mixes_with_the_source(
     assert rec.items == ["from the pipe", "from put"]
     ch.close(timeout=5)
     assert ch.stats().put == 2
+
+
+def test_uvloop_watches_the_fd_too(pipe: tuple[Connection, Connection]) -> None:
+    """On uvloop the fd is watched the same way (its add_reader)."""
+    pytest.importorskip("uvloop")
+    reader, writer = pipe
+    lt = LoopThread("source-uvloop", uvloop=True, lag_interval=None).start()
+    rec: testing.Recorder[int] = testing.Recorder()
+    ch = lt.channel_from(reader, rec)
+    for i in range(500):
+        writer.send(i)
+    assert ch.flush(timeout=5)
+    assert rec.items == list(range(500))
+    assert ch.stats().reader == "add_reader"
+    testing.stop_cleanly(lt)
 
 
 # ---------------------------------------------------------------- bad input

@@ -269,17 +269,18 @@ class SourceChannel(Channel[T]):
     # ---------------------------------------------------------------- for the readers
 
     def _feed(self, items: list[Any]) -> None:
-        """On the loop: append what the reader read, run the consumer if it is parked."""
+        """On the loop: admit what the reader read, run the consumer if it is parked."""
         if not items:
             return
-        accepted, append = self._accepted, self._items.append
+        # Claim the park first (as a producer's wake-up would), so that no admit below
+        # schedules a wake-up: the consumer runs here instead, in the reader's callback (a
+        # sync handler gets the batch now). No loop iteration in between, no spare wake-up.
+        with contextlib.suppress(IndexError):  # not parked: the consumer finds the items
+            self._parked.pop()
+        admit = self._admit  # the channel's own admission: count, append
         for item in items:
-            next(accepted)
-            append(item)
-        depth = len(self._items)
-        self._high_water = max(self._high_water, depth)
-        # Parked: the consumer runs here, in the reader's callback (a sync handler gets the
-        # batch now); running already: it finds the items. No call_soon in between.
+            admit(item)
+        self._high_water = max(self._high_water, len(self._items))
         self._on_wake()
 
     def _source_ended(self, reason: str, exc: BaseException | None) -> None:
