@@ -1,6 +1,8 @@
 """``lt.channel_from`` on a ``multiprocessing.Queue``, against what it replaces (a section of
 perf/bench_channel.py; ``python -m perf.bench_channel [--quick]`` runs it with the rest).
 
+Alone: ``python -m perf._bench_source [--quick]`` (this section only).
+
 A producer *process* (spawned) puts ``time.perf_counter()`` into a fresh ``multiprocessing.Queue``
 every ``interval`` (1 ms, 50 ms); the consumer records ``perf_counter() - t`` per event
 (``perf_counter`` is ``CLOCK_MONOTONIC`` on Linux: one clock for every process). Competitors,
@@ -31,7 +33,7 @@ from typing import Any
 
 import loopthread
 from perf import _mp_producer
-from perf._harness import markdown_table, p99, voluntary_switches
+from perf._harness import markdown_table, p99, parse_args, voluntary_switches
 
 __all__ = ["SourcePlan", "section"]
 
@@ -164,12 +166,14 @@ def _idle(plan: SourcePlan) -> dict[str, float | None]:
         q.put(0.0)
         got.wait(10)
         ch.flush(timeout=10)
+        time.sleep(0.2)  # let the consumer park and the loop settle before the window
         results[FROM_SYNC] = _idle_rate(lt.thread.native_id, plan.idle_seconds)
         ch.close(timeout=5)
     for name, poll in ((POLLER, True), (BLOCKED, False)):
         q = SPAWN.Queue()
         finish, thread = _thread(poll)(q, 1)
         assert thread is not None
+        time.sleep(0.2)  # the thread is in its loop (or blocked in get()) by then
         results[name] = _idle_rate(thread.native_id, plan.idle_seconds)
         q.put(0.0)
         finish()
@@ -248,3 +252,12 @@ def section(lt: loopthread.LoopThread, quick: bool) -> tuple[str, list[str]]:
         ]
     )
     return text, _targets(latency, idle)
+
+
+if __name__ == "__main__":
+    from structlog.testing import capture_logs
+
+    quick = parse_args(__doc__ or "").quick
+    with capture_logs(), loopthread.LoopThread("bench-source") as bench_lt:
+        body, target_lines = section(bench_lt, quick)
+    print(body, "", "Targets:", "", *target_lines, sep="\n")

@@ -830,6 +830,24 @@ def test_queue_simple_queue(lt: LoopThread) -> None:
     assert ch.stats().reader == "thread"
 
 
+def test_manager_queue_proxy(lt: LoopThread) -> None:
+    """A manager's queue proxy (another process holds the queue): read by the thread, its
+    flush marks and stop travel through the manager too."""
+    with SPAWN.Manager() as manager:
+        q = manager.Queue()
+        rec: testing.Recorder[int] = testing.Recorder()
+        ch = lt.channel_from(q, rec)
+        for i in range(50):
+            q.put(i)
+        assert ch.flush(timeout=10)
+        assert rec.items == list(range(50))
+        ch.close(timeout=10)
+        assert ch.stats().ended == "closed"
+        q.put(-1)
+        assert q.get(timeout=5) == -1  # the queue is the caller's again; no marker left in it
+        assert q.qsize() == 0
+
+
 # ---------------------------------------------------------------- properties
 
 
