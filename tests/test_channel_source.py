@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from loopthread import (
     ChannelClosedError,
+    LoopNotRunningError,
     LoopThread,
     SourceChannel,
     SourceStats,
@@ -610,6 +611,8 @@ def test_bad_sources_and_options_fail_at_the_call(
     with pytest.raises(ValueError, match="closed"):
         lt.channel_from(closed_reader, handle)
     assert not [c for c in testing.components(lt) if isinstance(c, SourceChannel)]
+    with pytest.raises(LoopNotRunningError):
+        LoopThread("never-started").channel_from(reader, handle)
 
 
 def test_one_reader_per_source(lt: LoopThread, pipe: tuple[Connection, Connection]) -> None:
