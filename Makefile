@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest dist test-wheel bench soak test-all-pythons clean venv
+.PHONY: demo test lint typecheck pytest docs charts dist test-wheel bench soak test-all-pythons clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench,uvloop]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,docs,uvloop]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/python -m loopthread demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check loopthread tests perf examples
-	$(BIN)/ruff format --check loopthread tests perf examples
+	$(BIN)/ruff check loopthread tests perf examples docs
+	$(BIN)/ruff format --check loopthread tests perf examples docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -27,7 +27,19 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck pytest test-wheel
+test: lint typecheck pytest docs test-wheel
+
+# The documentation site (mkdocs.yml, sources in docs/) into site/, in strict mode: a broken link,
+# an unknown cross-reference or a docstring that fails to render fails the build. It builds
+# offline. NO_MKDOCS_2_WARNING silences Material's banner about MkDocs 2.0, which is news, not a
+# warning about this site. The code samples of docs/ and README.md run in tests/test_docs.py.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The benchmark charts of docs/benchmarks.md (docs/img/*.png), drawn from perf/results/*.json,
+# which every benchmark writes (make bench rewrites both).
+charts: $(STAMP)
+	$(BIN)/python -m perf.charts
 
 # sdist and wheel in dist/ (built from the sdist, as pip would), checked by twine and by
 # tests/_dist_check.py: every module of loopthread/ and py.typed in the wheel, the LICENSE in
@@ -64,6 +76,7 @@ test-wheel: dist
 
 bench: $(STAMP)
 	$(BIN)/python -m perf
+	$(BIN)/python -m perf.charts
 
 soak: $(STAMP)
 	LOOPTHREAD_SOAK=1 $(BIN)/python -m pytest -q tests/reliability --timeout=1800
@@ -106,4 +119,4 @@ test-all-pythons:
 	printf "== test-all-pythons$$summary\n"; exit $$status
 
 clean:
-	rm -rf $(VENV) .venv-* .mypy_cache .pytest_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) .venv-* .mypy_cache .pytest_cache .ruff_cache build dist site *.egg-info

@@ -1,121 +1,73 @@
-"""The event bus: worker threads report typed events, handlers on the loop react to them.
+"""The event bus: worker threads report typed events, handlers react to them.
 
 A bus is one :class:`~loopthread.Channel` of event dicts plus a table of handlers per event
-type. Legacy code that used to poll a queue from an event thread gets a :class:`Reporter`
-(``reporter.report("progress", {"done": 3})``); the loop wakes only when there are events.
+type (and catch-all handlers). Legacy code that used to poll a queue from an event thread gets
+a :class:`Reporter` (``reporter.report("progress", {"done": 3})``, or
+``reporter.publish(event)`` for a ready-made event dict); the loop wakes only when there are
+events. Handlers run on the loop, or in the executor (``run_in="executor"``, one call at a time
+per handler, in order), each event in the ``contextvars`` of the code that reported it. The
+dispatch and the executor lanes are in :mod:`loopthread._eventbus_dispatch`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from types import CoroutineType
+import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from loopthread._bind import Binding
-from loopthread._exceptions import ChannelClosedError, LoopNotRunningError
-from loopthread._log import RateLimiter, logger
+from loopthread._channel._modes import running_in_executor_for
+from loopthread._eventbus_dispatch import Event, Handler, Handlers, Route, checked
+from loopthread._eventbus_report import EventBusStats, Reporter, event_of
+from loopthread._exceptions import ChannelClosedError, LoopNotRunningError, WouldDeadlockError
 from loopthread._process import fork_safe_lock
-from loopthread._validate import check_choice, check_positive_int, check_timeout
+from loopthread._util import INF, remaining
+from loopthread._validate import (
+    check_choice,
+    check_positive_int,
+    check_timeout,
+)
 
 if TYPE_CHECKING:
-    from loopthread._channel import Channel, ChannelStats, Overflow
+    from loopthread._channel import Channel, Overflow
     from loopthread._loopthread import LoopThread
 
 __all__ = ["EventBus", "EventBusStats", "Reporter"]
 
-Event = dict[str, Any]
-Handler = Callable[[Event], Awaitable[object] | None]
-
-
-@dataclass(frozen=True, slots=True)
-class EventBusStats:
-    """A snapshot of an event bus's counters.
-
-    Fields:
-        channel: the stats of the bus's channel (None until the first ``report``).
-        events: events that had at least one handler.
-        unknown: events whose type had no handler (counted and ignored).
-        handler_calls: handler calls made.
-        handler_failures: handler calls that raised (each logged; the others still ran).
-    """
-
-    channel: ChannelStats | None
-    events: int
-    unknown: int
-    handler_calls: int
-    handler_failures: int
-
-
-class Reporter:
-    """What a worker thread holds to report events to an :class:`EventBus`; thread-safe.
-
-    Get one with :meth:`EventBus.reporter`.
-    """
-
-    __slots__ = ("_bus",)
-
-    def __init__(self, bus: EventBus) -> None:
-        self._bus = bus
-
-    def report(self, event_type: str, data: Mapping[str, Any] | None = None) -> bool:
-        """Queue the event ``{"type": event_type, **data}`` for the bus's handlers.
-
-        The dict is built here, so the caller may reuse or change ``data`` afterwards.
-        Returns True when queued, False when the bus's overflow policy dropped it; with
-        ``"block"`` (the default) it waits for room while the bus is full.
-
-        Raises:
-            TypeError: ``event_type`` is not a str, or ``data`` is not a mapping.
-            ValueError: ``data`` has a ``"type"`` key (the event type goes in ``event_type``).
-            ChannelClosedError: the bus was closed.
-            ChannelFullError: the bus is full and its policy is ``"error"``.
-            LoopNotRunningError: the bus's explicit ``loop_thread`` is not running.
-        """
-        if not isinstance(event_type, str):
-            raise TypeError(
-                f"event_type must be a str such as 'progress'; got {type(event_type).__name__} "
-                f"{event_type!r}."
-            )
-        if data is None:
-            event: Event = {"type": event_type}
-        else:
-            try:
-                if "type" in data:
-                    raise ValueError(
-                        f"data must not have a 'type' key (got {data['type']!r}): the event "
-                        f"type is the first argument, report({event_type!r}, data)."
-                    )
-                event = {"type": event_type, **data}
-            except TypeError:
-                raise TypeError(
-                    f"data must be a mapping such as {{'done': 3}}; got {type(data).__name__}."
-                ) from None
-        return self._bus._put(event)
-
-    def __repr__(self) -> str:
-        return f"<Reporter of {self._bus!r}>"
-
 
 class EventBus:
-    """Typed events from any thread to handlers on the loop, through one channel.
+    """Typed events from any thread to handlers on the loop (or in its executor).
 
-    ``bus.on(event_type, handler)`` registers a handler (several per type run in the order
-    registered; each gets its own shallow copy of the event dict); ``bus.reporter()`` hands out
-    a :class:`Reporter` for worker threads. Handlers may be ``async def`` or plain functions;
-    both run on the loop thread, so a plain handler must be quick (no blocking I/O: use an async
-    handler and ``await loop.run_in_executor(None, fn)``). A handler that raises is logged and
-    counted; the other handlers of the event and the bus go on. Events of a type with no
-    handler are counted (``stats().unknown``) and ignored.
+    ``bus.on(event_type, handler)`` registers a handler for one type, ``bus.on_any(handler)``
+    one for every event (after the typed handlers of that event); several run in the order
+    registered, each with its own shallow copy of the event dict. ``bus.reporter()`` hands out
+    a :class:`Reporter` for worker threads; ``bus.publish(event)`` queues a ready-made event
+    dict. Handlers may be registered at any time, from any thread: they see the events
+    dispatched after that.
+
+    Handlers may be ``async def`` or plain functions. By default (``run_in="loop"``) both run
+    on the loop thread, so a plain handler must be quick. ``run_in="executor"`` runs a plain
+    handler in the LoopThread's executor instead (blocking I/O, a plugin you do not control):
+    one call at a time per handler, in event order; the loop and the other handlers go on
+    meanwhile (a handler that falls ``maxsize`` events behind holds the bus back: its queue
+    is bounded). Every handler runs in a copy of the ``contextvars`` of the code that reported
+    the event (a request id set by the producer thread), never another event's. A handler that
+    raises is logged and counted; the other handlers of the event and the bus go on. Events
+    of a type with no handler are counted (``stats().unknown``) and ignored.
+
+    ``flush()`` waits for executor handlers too; ``close()`` and ``LoopThread.stop()`` drain
+    them within their deadline, and what they could not handle is counted (``stats().lanes``,
+    ``ShutdownReport.items_unhandled``); a stuck executor handler does not hang ``stop()``.
 
     Args:
         loop_thread: the LoopThread to run on. None: ``loopthread.default()``, looked up at the
-            first ``report`` (so a bus created at import time starts no thread); if the default
+            first event (so a bus created at import time starts no thread); if the default
             loop is later replaced (after ``fork()``, or after it was stopped), the next
-            ``report`` moves the bus to the new one.
-        maxsize: events that may wait before the overflow policy applies.
+            event moves the bus to the new one.
+        maxsize: events that may wait before the overflow policy applies (and the most that
+            each executor handler may have waiting).
         overflow: ``"block"``, ``"drop_newest"``, ``"drop_oldest"`` or ``"error"``; see
             :class:`loopthread.Channel`.
 
@@ -142,52 +94,83 @@ class EventBus:
         self._overflow = check_choice(overflow, "overflow", OVERFLOW_POLICIES)
         self._lock = fork_safe_lock()
         self._name = f"event-bus-{next(_ids)}"  # one metrics series per bus
+        self._handlers = Handlers()
+        self._route: Route | None = None  # the channel and lanes on the loop bound last
         self._binding: Binding[Channel[Event]] = Binding(loop_thread, self._open_on)
         self._closed = False
-        # Copy-on-write: on() replaces the dict, the loop reads whichever one is current.
-        self._handlers: dict[str, tuple[Handler, ...]] = {}
-        # Written on the loop thread only.
-        self._events = 0
-        self._unknown = 0
-        self._calls = 0
-        self._failures = 0
-        self._log_limiter = RateLimiter()
+        self._closing: set[asyncio.Task[None]] = set()  # close() on the loop thread
 
-    def on(self, event_type: str, handler: Handler) -> None:
-        """Call ``handler(event)`` on the loop for every event of ``event_type``.
+    def on(self, event_type: str, handler: Handler, *, run_in: str = "loop") -> None:
+        """Call ``handler(event)`` for every event of ``event_type``.
+
+        ``run_in="loop"`` (default): on the loop thread (async or quick sync handlers);
+        ``"executor"``: a plain function, in the loop's executor, one call at a time.
 
         Raises:
-            TypeError: ``event_type`` is not a str, or ``handler`` is not callable.
+            TypeError: ``event_type`` is not a str, ``handler`` is not callable, or it is
+                async with ``run_in="executor"``.
+            ValueError: ``run_in`` is not ``"loop"`` or ``"executor"``.
         """
         if not isinstance(event_type, str):
             raise TypeError(f"event_type must be a str; got {event_type!r}.")
-        if isinstance(handler, CoroutineType):
-            handler.close()
-            raise TypeError(
-                "handler must be the function itself; got a coroutine object. "
-                "Pass bus.on('progress', handle), not bus.on('progress', handle(...))."
-            )
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, taking the event dict; got {handler!r}.")
-        with self._lock:
-            handlers = dict(self._handlers)
-            handlers[event_type] = (*handlers.get(event_type, ()), handler)
-            self._handlers = handlers
+        handler = checked(handler, run_in, f"bus.on({event_type!r}, ")
+        self._handlers.add(event_type, handler, run_in)
+
+    def on_any(self, handler: Handler, *, run_in: str = "loop") -> None:
+        """Call ``handler(event)`` for every event, whatever its type, after the event's typed
+        handlers (a registry whose handlers come and go at run time, a recorder, a bridge).
+
+        Raises:
+            TypeError: ``handler`` is not callable, or it is async with ``run_in="executor"``.
+            ValueError: ``run_in`` is not ``"loop"`` or ``"executor"``.
+        """
+        self._handlers.add(None, checked(handler, run_in, "bus.on_any("), run_in)
+
+    def publish(self, event: Mapping[str, Any]) -> bool:
+        """Queue a ready-made event: a mapping whose ``"type"`` is a str.
+
+        The bus keeps a shallow copy (``dict(event)``): the caller may change or reuse its
+        mapping afterwards (values are shared, as with ``report``). Queued, dropped and
+        back-pressure as :meth:`Reporter.report`; the handlers run in a copy of the caller's
+        ``contextvars``.
+
+        Raises:
+            TypeError: ``event`` is not a mapping, or its ``"type"`` is not a str.
+            ValueError: ``event`` has no ``"type"`` key.
+            ChannelClosedError: the bus was closed.
+            ChannelFullError: the bus is full and its policy is ``"error"``.
+            LoopNotRunningError: the bus's explicit ``loop_thread`` is not running.
+        """
+        return self._put(event_of(event))
 
     def reporter(self) -> Reporter:
         """A thread-safe :class:`Reporter` to hand to worker threads."""
         return Reporter(self)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until every event reported before this call went through its handlers.
+        """Block until every event queued before this call went through its handlers (those
+        in the executor included); False if ``timeout`` expired first.
 
         Raises:
-            WouldDeadlockError: called from the loop thread; use ``await bus.aflush()``.
+            WouldDeadlockError: called from the loop thread (use ``await bus.aflush()``), or
+                from inside one of this bus's executor handlers.
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
         """
         timeout = check_timeout(timeout)
-        channel = self._binding.value
-        return True if channel is None else channel.flush(timeout)
+        route = self._route
+        if route is None:
+            return True
+        lanes = route.lanes
+        if any(running_in_executor_for(lane) for lane in lanes):
+            raise WouldDeadlockError(
+                f"bus.flush() was called inside an executor handler of {self._name}: it would "
+                "wait for that very call. Flush from outside the handlers."
+            )
+        deadline = INF if timeout is None else time.monotonic() + timeout
+        if not route.channel.flush(timeout):
+            return False
+        # Everything queued before the flush was dispatched: the executor lanes have it now.
+        return all(lane.flush(_left(deadline)) for lane in route.lanes)
 
     async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - mirrors flush()
         """``flush`` for coroutines.
@@ -197,13 +180,23 @@ class EventBus:
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
         """
         timeout = check_timeout(timeout)
-        channel = self._binding.value
-        return True if channel is None else await channel.aflush(timeout)
+        route = self._route
+        if route is None:
+            return True
+        deadline = INF if timeout is None else time.monotonic() + timeout
+        if not await route.channel.aflush(timeout):
+            return False
+        for lane in route.lanes:
+            if not await lane.aflush(_left(deadline)):
+                return False
+        return True
 
     def close(self, timeout: float | None = None) -> None:
         """Stop accepting events, run the handlers for those queued, stop. Idempotent.
 
-        See :meth:`loopthread.Channel.close` for the deadline.
+        The executor handlers' lanes are closed once the bus's channel drained; all within
+        ``timeout`` (see :meth:`loopthread.Channel.close` for the deadline). Called on the
+        loop thread it stops accepting at once and drains in the background.
 
         Raises:
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
@@ -211,26 +204,39 @@ class EventBus:
         timeout = check_timeout(timeout)
         with self._lock:
             self._closed = True
-        channel = self._binding.value
-        if channel is not None:
-            channel.close(timeout)
+        route = self._route
+        if route is None:
+            return
+        route.channel.close(timeout)  # on the loop thread: closed now, drained in the background
+        if route.lt.in_loop_thread():
+            deadline = INF if timeout is None else time.monotonic() + timeout
+            task = asyncio.get_running_loop().create_task(self._close_lanes(route, deadline))
+            self._closing.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._closing.discard)
+            return
+        deadline = INF if timeout is None else time.monotonic() + timeout
+        for lane in route.lanes:
+            lane.close(_left(deadline))
 
     def stats(self) -> EventBusStats:
         """A snapshot of the bus's counters."""
-        channel = self._binding.value
+        route = self._route
+        handlers = self._handlers
         return EventBusStats(
-            channel=None if channel is None else channel.stats(),
-            events=self._events,
-            unknown=self._unknown,
-            handler_calls=self._calls,
-            handler_failures=self._failures,
+            channel=None if route is None else route.channel.stats(),
+            events=handlers.events,
+            unknown=handlers.unknown,
+            handler_calls=handlers.calls + handlers.lane_calls,
+            handler_failures=handlers.failures + handlers.lane_failures,
+            lanes=() if route is None else tuple(lane.stats() for lane in route.lanes),
         )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
+        handlers = self._handlers
         return (
-            f"<EventBus {state} types={len(self._handlers)} events={self._events} "
-            f"unknown={self._unknown} failures={self._failures}>"
+            f"<EventBus {state} types={handlers.types} events={handlers.events} "
+            f"unknown={handlers.unknown} failures={handlers.failures + handlers.lane_failures}>"
         )
 
     # ------------------------------------------------------------------ internals
@@ -239,6 +245,12 @@ class EventBus:
     def name(self) -> str:
         """``event-bus-N``: names the bus's channel in logs and metrics."""
         return self._name
+
+    async def _close_lanes(self, route: Route, deadline: float) -> None:
+        # After the bus's channel drained: what it dispatches meanwhile still reaches them.
+        await route.channel.aclose(_left(deadline))
+        for lane in route.lanes:
+            await lane.aclose(_left(deadline))
 
     def _put(self, event: Event) -> bool:
         channel = self._live_channel()
@@ -273,55 +285,15 @@ class EventBus:
         return channel
 
     def _open_on(self, lt: LoopThread) -> Channel[Event]:
-        return lt.channel(
-            self._dispatch, maxsize=self._maxsize, overflow=self._overflow, name=self._name
+        route = Route(
+            self._handlers, lt, name=self._name, maxsize=self._maxsize, overflow=self._overflow
         )
+        self._route = route
+        return route.channel
 
-    async def _dispatch(self, batch: list[Event]) -> None:
-        table = self._handlers
-        for position, event in enumerate(batch):
-            handlers = table.get(event["type"])
-            if not handlers:
-                self._unknown += 1
-                continue
-            self._events += 1
-            last = len(handlers) - 1
-            for index, handler in enumerate(handlers):
-                self._calls += 1
-                try:
-                    result = handler(event if index == last else dict(event))
-                    if result is not None and (
-                        type(result) is CoroutineType or hasattr(result, "__await__")
-                    ):
-                        await result
-                except asyncio.CancelledError as exc:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        # The bus is being stopped. The events before this one went through
-                        # their handlers: taken out of the batch, the channel counts them as
-                        # handled, and the rest (this one included) as unhandled.
-                        del batch[:position]
-                        raise
-                    self._handler_failed(event, handler, exc)
-                except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
-                    self._handler_failed(event, handler, exc)
 
-    def _handler_failed(self, event: Event, handler: Handler, exc: BaseException) -> None:
-        self._failures += 1
-        name = getattr(handler, "__qualname__", repr(handler))
-        suppressed = self._log_limiter.allow((event["type"], name))
-        if suppressed is None:
-            return
-        try:
-            logger.error(
-                "event_bus.handler_failed",
-                event_type=event["type"],
-                handler=name,
-                suppressed=suppressed,
-                exc_info=exc,
-            )
-        except Exception:  # noqa: BLE001 - a broken log setup must not break the bus
-            pass
+def _left(deadline: float) -> float | None:
+    return None if deadline == INF else remaining(deadline)
 
 
 _ids = itertools.count(1)

@@ -127,23 +127,36 @@ class LoopThread(LoopThreadCore):
         overflow: Overflow = "block",
         batch_size: int = 256,
         name: str | None = None,
+        context: str = "empty",
+        run_in: str = "loop",
     ) -> Channel[T]:
         """Open a channel: any thread ``put``s items, ``handler(batch)`` handles them on the loop.
 
         ``handler`` is usually ``async def handler(batch: list[T]) -> None``; it gets 1 to
         ``batch_size`` items in FIFO order, one call at a time. ``overflow`` says what ``put``
         does when ``maxsize`` items are waiting: ``"block"``, ``"drop_newest"``,
-        ``"drop_oldest"`` or ``"error"``. :meth:`stop` closes and drains the channel. See
-        :class:`loopthread.Channel`.
+        ``"drop_oldest"`` or ``"error"``. ``run_in="executor"`` runs a plain handler in the
+        executor instead of on the loop (still one call at a time, in order).
+        ``context="producer"`` runs the handler in each producer's ``contextvars`` (once per
+        run of items that share them); by default it runs in an empty context of its own.
+        :meth:`stop` closes and drains the channel. See :class:`loopthread.Channel`.
 
         Raises:
-            TypeError, ValueError: a bad handler, size, policy or name.
+            TypeError, ValueError: a bad handler, size, policy, name, context or run_in (an
+                async handler with ``run_in="executor"``).
             LoopNotRunningError: the loop is not running.
         """
         from loopthread._channel import Channel
 
         return Channel(
-            self, handler, maxsize=maxsize, overflow=overflow, batch_size=batch_size, name=name
+            self,
+            handler,
+            maxsize=maxsize,
+            overflow=overflow,
+            batch_size=batch_size,
+            name=name,
+            context=context,
+            run_in=run_in,
         )
 
     def channel_from(
@@ -156,6 +169,7 @@ class LoopThread(LoopThreadCore):
         maxsize: int = 10_000,
         batch_size: int = 256,
         name: str | None = None,
+        run_in: str = "loop",
     ) -> SourceChannel[T]:
         """Open a channel fed by an existing source: ``handler(batch)`` gets what it holds.
 
@@ -167,7 +181,8 @@ class LoopThread(LoopThreadCore):
         in ``get()``. ``decode`` turns each message's bytes into the item (default:
         ``pickle.loads`` for the multiprocessing kinds). While ``maxsize`` items wait, the
         source is not read. ``flush()`` covers what the source holds at the time of the call;
-        ``close()`` and :meth:`stop` read it, then drain. See :class:`loopthread.SourceChannel`.
+        ``close()`` and :meth:`stop` read it, then drain. ``run_in="executor"`` runs a plain
+        handler in the executor, as :meth:`channel` does. See :class:`loopthread.SourceChannel`.
 
         Raises:
             TypeError, ValueError: a source of no known kind, a closed one, bad options.
@@ -184,6 +199,7 @@ class LoopThread(LoopThreadCore):
             maxsize=maxsize,
             batch_size=batch_size,
             name=name,
+            run_in=run_in,
         )
 
     def on_stop(self, fn: Callable[[], Awaitable[object]], /) -> Callable[[], Awaitable[object]]:
@@ -226,7 +242,7 @@ class LoopThread(LoopThreadCore):
 
         Raises:
             LoopThreadError: awaited on this LoopThread's own loop (await ``coro`` directly).
-            See :meth:`run` for the rest.
+            TypeError, LoopNotRunningError, BaseException: as :meth:`run`.
         """
         from loopthread._bridge import arun
 

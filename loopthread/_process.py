@@ -68,13 +68,31 @@ class Member(Protocol):
 # signal right after the C acquire, before the `with` block is armed, and the lock stays held
 # (bpo-29988). The fork hook resets them with _at_fork_reinit(), as the stdlib's logging,
 # threading and concurrent.futures do with theirs.
-_locks: weakref.WeakSet[threading.Lock] = weakref.WeakSet()
+#
+# The registry is a dict of weak references touched only under _locks_guard, which the child
+# re-creates first, and never by a weakref callback (dead entries are pruned as it grows). A
+# WeakSet was used before: its set is mutated without a lock of ours (add, and the callbacks
+# of dying locks), and on free-threaded builds a set's own mutex, contended when fork() came,
+# can be handed to a thread that is paused for the fork (CPython gh-144513): the child then
+# finds it held forever and hung in this very hook (1 child in 10-60 on 3.13t, while other
+# threads created EventBuses). Under one guard of ours, no two threads ever wait for the
+# dict's mutex, so none can be handed it.
+_locks_guard = threading.Lock()
+_locks: dict[int, weakref.ref[threading.Lock]] = {}
+_locks_pruned_at = 0  # len(_locks) after the last prune
 
 
 def fork_safe_lock() -> threading.Lock:
     """A new ``threading.Lock`` that the fork hook re-creates (releases) in a forked child."""
+    global _locks_pruned_at
     lock = threading.Lock()
-    _locks.add(lock)
+    ref = weakref.ref(lock)
+    with _locks_guard:
+        if len(_locks) >= 2 * _locks_pruned_at + 64:  # amortised: O(1) per lock made
+            for key in [k for k, r in _locks.items() if r() is None]:
+                del _locks[key]
+            _locks_pruned_at = len(_locks)
+        _locks[id(ref)] = ref
     return lock
 
 
@@ -170,8 +188,11 @@ def _stop_all_at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     global _exiting
-    for lock in list(_locks):
-        lock._at_fork_reinit()  # type: ignore[attr-defined]
+    _locks_guard._at_fork_reinit()  # type: ignore[attr-defined]
+    for ref in list(_locks.values()):
+        lock = ref()
+        if lock is not None:
+            lock._at_fork_reinit()  # type: ignore[attr-defined]
     _exiting = False
     for callback in list(_fork_callbacks):
         callback()

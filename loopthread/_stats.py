@@ -16,7 +16,7 @@ class ChannelStats:
     """A snapshot of a channel's counters (plain data; metrics are derived from it).
 
     Each field is read atomically, the snapshot as a whole is not; once the channel is idle
-    (after ``flush()`` or ``close()``) every item given to ``put`` is accounted for exactly once::
+    (after ``flush()`` or ``close()``) every item given to ``put`` is accounted for exactly once:
 
         put == handled + failed + dropped + unhandled + depth + in_flight
 
@@ -24,7 +24,7 @@ class ChannelStats:
     counting its item and queueing it, or, with ``"drop_oldest"``, between evicting an item
     and counting the eviction. ``flush()`` and ``close()`` still complete.
 
-    Fields:
+    Attributes:
         name: the channel's name.
         put: ``put``/``aput`` calls that returned (True: accepted, False: dropped by policy).
         handled: items passed to a handler call that returned normally.

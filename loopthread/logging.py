@@ -53,7 +53,7 @@ _OVERFLOW = ("block", "drop_newest", "drop_oldest", "error")
 class LoopHandlerStats:
     """A snapshot of a LoopHandler's counters (plain data).
 
-    Fields:
+    Attributes:
         emitted: records that passed the handler's level and filters and reached ``emit()``.
         dropped: records refused by the overflow policy (``"drop_newest"``, ``"error"``);
             ``"drop_oldest"`` evictions are in ``channel.dropped``.
@@ -93,7 +93,9 @@ class LoopHandler(logging.Handler):
             fields become record attributes (and keys of a structlog event dict).
         loop_thread: the LoopThread to use (None: ``loopthread.default()``, looked up at first
             use and again after ``fork()``).
-        maxsize, overflow, batch_size: the channel's settings (see ``LoopThread.channel``).
+        maxsize: the channel's ``maxsize`` (see :meth:`loopthread.LoopThread.channel`).
+        overflow: the channel's ``overflow`` policy.
+        batch_size: the channel's ``batch_size``.
         level: this handler's level.
         enrich_timeout: per-enricher timeout when ``enrichers`` is a list (seconds).
         protect_level: records at or above it are never dropped by ``overflow`` (they wait

@@ -27,35 +27,30 @@ idle, at stop, and by :func:`flush`; never at each call, and never while idle.
 Families (all labelled by ``loop``; channel and enricher families by ``channel`` or
 ``chain`` and ``enricher`` too):
 
-===========================================  =========  =====================================
-``loopthread_calls_total``                   counter    by ``outcome``: ok, error, timeout,
-                                                        cancelled
-``loopthread_call_duration_seconds``         histogram  on the loop, first step to outcome
-``loopthread_calls_in_flight``               gauge
-``loopthread_loops_created_total``           counter
-``loopthread_loop_lag_seconds``              histogram  how long a lag probe handed to
-                                                        the loop waited to run
-``loopthread_loop_stalls_total``             counter    iterations longer than slow_callback
-``loopthread_executor_queue_depth``          gauge      jobs waiting for a worker
-``loopthread_executor_busy_workers``         gauge
-``loopthread_executor_max_workers``          gauge
-``loopthread_channel_depth``                 gauge
-``loopthread_channel_high_water``            gauge
-``loopthread_channel_put_total``             counter    items accepted
-``loopthread_channel_handled_total``         counter
-``loopthread_channel_dropped_total``         counter
-``loopthread_channel_failed_total``          counter    handler failures
-``loopthread_enricher_duration_seconds``     summary    ``_count`` calls, ``_sum`` seconds
-``loopthread_enricher_failures_total``       counter    by ``reason``: error, timeout
-``loopthread_enricher_skipped_total``        counter    not called: circuit open, disabled
-``loopthread_enricher_circuit_state``        gauge      1 for the current ``state`` (closed,
-                                                        half_open, open), 0 for the others
-``loopthread_enricher_queue_wait_seconds``   summary    ``_count`` calls that waited for a
-                                                        place (``max_concurrency``), ``_sum``
-                                                        seconds waited
-``loopthread_chain_merge_failures_total``    counter    results the merge function lost
-``loopthread_chain_degraded_events_total``   counter    events passed through un-enriched
-===========================================  =========  =====================================
+| family | type | what it counts |
+| --- | --- | --- |
+| `loopthread_calls_total` | counter | by `outcome`: ok, error, timeout, cancelled |
+| `loopthread_call_duration_seconds` | histogram | on the loop, first step to outcome |
+| `loopthread_calls_in_flight` | gauge |  |
+| `loopthread_loops_created_total` | counter |  |
+| `loopthread_loop_lag_seconds` | histogram | how long a lag probe waited to run |
+| `loopthread_loop_stalls_total` | counter | iterations longer than slow_callback |
+| `loopthread_executor_queue_depth` | gauge | jobs waiting for a worker |
+| `loopthread_executor_busy_workers` | gauge |  |
+| `loopthread_executor_max_workers` | gauge |  |
+| `loopthread_channel_depth` | gauge |  |
+| `loopthread_channel_high_water` | gauge |  |
+| `loopthread_channel_put_total` | counter | items accepted |
+| `loopthread_channel_handled_total` | counter |  |
+| `loopthread_channel_dropped_total` | counter |  |
+| `loopthread_channel_failed_total` | counter | handler failures |
+| `loopthread_enricher_duration_seconds` | summary | `_count` calls, `_sum` seconds |
+| `loopthread_enricher_failures_total` | counter | by `reason`: error, timeout |
+| `loopthread_enricher_skipped_total` | counter | not called: circuit open, disabled |
+| `loopthread_enricher_circuit_state` | gauge | 1 for the current `state`: closed, half_open, open |
+| `loopthread_enricher_queue_wait_seconds` | summary | waits for a `max_concurrency` place |
+| `loopthread_chain_merge_failures_total` | counter | results the merge function lost |
+| `loopthread_chain_degraded_events_total` | counter | events passed through un-enriched |
 """
 
 from __future__ import annotations

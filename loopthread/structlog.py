@@ -86,7 +86,9 @@ def offload(
         sink: where the results go.
         loop_thread: the LoopThread to use (None: ``loopthread.default()``, looked up at the
             first event and again after it was replaced).
-        maxsize, overflow, batch_size: the channel's settings (see ``LoopThread.channel``).
+        maxsize: the channel's ``maxsize`` (see :meth:`loopthread.LoopThread.channel`).
+        overflow: the channel's ``overflow`` policy.
+        batch_size: the channel's ``batch_size``.
 
     Raises:
         TypeError: ``sink`` or a processor is not callable, or ``loop_thread`` is not a

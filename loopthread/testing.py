@@ -375,8 +375,11 @@ class Recorder(Generic[T]):
 
 
 def record(bus: EventBus, *event_types: str) -> Recorder[dict[str, Any]]:
-    """A :class:`Recorder` subscribed to ``bus`` for each of ``event_types``."""
+    """A :class:`Recorder` subscribed to ``bus`` for each of ``event_types`` (none: to every
+    event, with ``bus.on_any``)."""
     recorder: Recorder[dict[str, Any]] = Recorder()
+    if not event_types:
+        bus.on_any(recorder.event)
     for event_type in event_types:
         bus.on(event_type, recorder.event)
     return recorder

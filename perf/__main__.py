@@ -1,12 +1,18 @@
-"""Run every benchmark in perf/ and print one report: `python -m perf [--quick]`."""
+"""Run every benchmark in perf/ and print one report: `python -m perf [--quick]`.
+
+Each benchmark also writes its results to ``perf/results/<bench>.json`` (``perf/_results.py``).
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import sys
 import time
 from pathlib import Path
+
+from perf._results import record
 
 
 def main() -> None:
@@ -18,10 +24,12 @@ def main() -> None:
     )
     print(f"# loopthread benchmarks ({time.strftime('%Y-%m-%d')}, python {sys.version.split()[0]})")
     print(f"command: python -m perf{' --quick' if quick else ''}\n")
+    command = f"python -m perf{' --quick' if quick else ''}"
     for name in names:
         module = importlib.import_module(f"perf.{name}")
         print(f"## {name}\n")
-        print(module.report(quick=quick))
+        report = functools.partial(module.report, quick=quick)
+        print(record(name, report, quick=quick, command=command))
         print(flush=True)
 
 

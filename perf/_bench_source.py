@@ -199,9 +199,14 @@ def _table(latency: dict[tuple[str, str], list[float]], idle: dict[str, float | 
     table = markdown_table(
         ["rate", "consumer", "p50 µs", "p99 µs", "p50 vs poller", "p99 vs poller", "events"],
         rows,
+        key="source_latency",
     )
     idle_rows = [[n, "n/a" if w is None else f"{w:.1f}"] for n, w in idle.items()]
-    return table + "\n\n" + markdown_table(["idle consumer", "wake-ups/s"], idle_rows)
+    return (
+        table
+        + "\n\n"
+        + markdown_table(["idle consumer", "wake-ups/s"], idle_rows, key="source_idle")
+    )
 
 
 Latency = dict[tuple[str, str], list[float]]

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from perf import _results
+
 __all__ = [
     "Result",
     "interleave",
@@ -26,6 +28,7 @@ __all__ = [
     "overhead_verdict",
     "p99",
     "parse_args",
+    "run_main",
     "timed",
     "voluntary_switches",
 ]
@@ -125,8 +128,12 @@ def overhead_verdict(label: str, ratio: float, limit: float) -> str:
     )
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Render a GitHub-flavoured markdown table."""
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, key: str) -> str:
+    """Render a GitHub-flavoured markdown table; also kept as ``key``'s rows in the JSON results.
+
+    ``key`` names the table in ``perf/results/<bench>.json`` (stable across runs and ``--quick``:
+    ``perf/charts.py`` looks tables up by it).
+    """
 
     def cell(value: object) -> str:
         if isinstance(value, float):
@@ -135,7 +142,18 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    _results.keep_table(key, headers, rows, text)
+    return text
+
+
+def run_main(bench: str, report: Callable[..., str], description: str) -> None:
+    """``python -m perf.<bench> [--quick]``: print the report, write its JSON results."""
+    args = parse_args(description)
+    command = f"python -m perf.{bench}{' --quick' if args.quick else ''}"
+    print(
+        _results.record(bench, lambda: report(quick=args.quick), quick=args.quick, command=command)
+    )
 
 
 @contextlib.contextmanager

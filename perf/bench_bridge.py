@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from loopthread import LoopThread
-from perf._harness import background_loop, interleave, markdown_table, parse_args
+from perf._harness import background_loop, interleave, markdown_table, run_main
 
 
 async def numbers(n: int) -> AsyncIterator[int]:
@@ -116,11 +116,15 @@ def report(quick: bool = False) -> str:
     lines = [
         f"### lt.iterate: {items:,} items, {rounds} interleaved rounds",
         "",
-        markdown_table(["method", "µs per item (median)", "speed vs per-item loop"], rows),
+        markdown_table(
+            ["method", "µs per item (median)", "speed vs per-item loop"], rows, key="iterate"
+        ),
         "",
         f"### lt.arun from another loop: {calls:,} calls, {rounds} interleaved rounds",
         "",
-        markdown_table(["method", "µs per call (median)", "vs wrap_future(submit)"], arun_rows),
+        markdown_table(
+            ["method", "µs per call (median)", "vs wrap_future(submit)"], arun_rows, key="arun"
+        ),
         "",
         f"- lt.iterate ≥ 5x the per-item loop: {speedup:.1f}x: "
         f"{'**met**' if speedup >= 5 else '**NOT met**'}",
@@ -131,5 +135,4 @@ def report(quick: bool = False) -> str:
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__ or "")
-    print(report(quick=args.quick))
+    run_main("bench_bridge", report, __doc__ or "")

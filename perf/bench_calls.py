@@ -53,7 +53,7 @@ from perf._harness import (
     markdown_table,
     one_cpu,
     overhead_verdict,
-    parse_args,
+    run_main,
     timed,
 )
 
@@ -377,7 +377,7 @@ def _overhead_table(results: dict[str, Result]) -> str:
         rows.append(
             [name, _us(result.median), _us(result.p99), f"{result.median / base.median:.3f}x"]
         )
-    return markdown_table(["configuration", "median µs", "p99 µs", "vs off"], rows)
+    return markdown_table(["configuration", "median µs", "p99 µs", "vs off"], rows, key="overhead")
 
 
 def _overhead_targets(results: dict[str, Result]) -> list[str]:
@@ -417,7 +417,7 @@ def _x(ratio: float) -> str:
     return f"{ratio:.2f}x"
 
 
-def _latency_table(section: Section, floor: str, unit: str) -> str:
+def _latency_table(section: Section, floor: str, unit: str, *, key: str) -> str:
     headers = ["method"]
     for workload in section:
         headers += [f"{workload} median {unit}", f"{workload} p99 {unit}", f"{workload} vs floor"]
@@ -429,7 +429,7 @@ def _latency_table(section: Section, floor: str, unit: str) -> str:
             ratio = _median_call(result) / _median_call(results[floor])
             row += [_us(_median_call(result)), _us(result.p99), _x(ratio)]
         rows.append(row)
-    return markdown_table(headers, rows)
+    return markdown_table(headers, rows, key=key)
 
 
 def _throughput(result: Result) -> float:
@@ -448,7 +448,7 @@ def _throughput_table(section: Section) -> str:
             ratio = _throughput(results[FLOOR]) / _throughput(result)
             row += [_throughput(result), _us(result.p99), _x(ratio)]
         rows.append(row)
-    return markdown_table(headers, rows)
+    return markdown_table(headers, rows, key="threads")
 
 
 def _verdict(label: str, ratio: float, target: str, met: bool) -> str:
@@ -526,7 +526,7 @@ def report(quick: bool = False) -> str:
         f"### 1 caller thread: µs per call ({plan.rounds} interleaved rounds x "
         f"{plan.calls} calls each)",
         "",
-        _latency_table(single, FLOOR, "µs"),
+        _latency_table(single, FLOOR, "µs", key="single"),
         "",
         f"### {CALLER_THREADS} caller threads: throughput ({plan.threaded_rounds} interleaved "
         f"rounds x {CALLER_THREADS} threads x {plan.threaded_calls} calls)",
@@ -536,7 +536,7 @@ def report(quick: bool = False) -> str:
         f"### lt.gather of {GATHER_SIZE} coroutines: µs per coroutine "
         f"({plan.gather_rounds} rounds x {plan.gather_reps} gathers)",
         "",
-        _latency_table(gathered, GATHER_FLOOR, "µs"),
+        _latency_table(gathered, GATHER_FLOOR, "µs", key="gather"),
         "",
         f"### Metrics and monitor on / off: lt.run(noop()), µs per call "
         f"({plan.overhead_rounds} interleaved rounds x {plan.overhead_calls} calls, a fresh "
@@ -584,4 +584,4 @@ def report(quick: bool = False) -> str:
 
 
 if __name__ == "__main__":
-    print(report(quick=parse_args(__doc__ or "").quick))
+    run_main("bench_calls", report, __doc__ or "")

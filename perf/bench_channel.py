@@ -64,9 +64,10 @@ from perf._harness import (
     one_cpu,
     overhead_verdict,
     p99,
-    parse_args,
+    run_main,
     voluntary_switches,
 )
+from perf._results import series
 
 __all__ = ["report"]
 
@@ -125,7 +126,7 @@ QUICK = Plan(
     put_burst=2_000,
     put_rounds=4,
     fast_events=200,
-    slow_events=10,
+    slow_events=30,  # 10 s more than 10 events, and enough for the latency CDF chart's steps
     latency_rounds=1,
     idle_seconds=1.0,
     overhead_rounds=3,
@@ -313,14 +314,16 @@ def _throughput(rig: Rig, plan: Plan, work: float) -> dict[tuple[str, int], list
     return results
 
 
-def _throughput_table(results: dict[tuple[str, int], list[float]]) -> str:
+def _throughput_table(results: dict[tuple[str, int], list[float]], *, key: str) -> str:
     rows = []
     for (name, producers), per_event in results.items():
         rate = 1 / statistics.median(per_event)
         base = 1 / statistics.median(results[(JANUS, producers)])
         rows.append([name, producers, f"{rate:,.0f}", f"{rate / base:.2f}x"])
     rows.sort(key=lambda r: (r[1], r[0] != CHANNEL, r[0]))
-    return markdown_table(["competitor", "producers", "events/s (median)", "vs raw janus"], rows)
+    return markdown_table(
+        ["competitor", "producers", "events/s (median)", "vs raw janus"], rows, key=key
+    )
 
 
 # ---------------------------------------------------------------- producer-side put cost
@@ -387,7 +390,7 @@ def _put_table(samples: dict[str, list[float]]) -> str:
         for name, per in samples.items()
     ]
     return markdown_table(
-        ["put", "µs per put (median of bursts)", "slowest burst µs", "vs enqueue"], rows
+        ["put", "µs per put (median of bursts)", "slowest burst µs", "vs enqueue"], rows, key="put"
     )
 
 
@@ -546,7 +549,20 @@ def _latency_table(results: dict[tuple[str, str], list[float]]) -> str:
     return markdown_table(
         ["rate", "competitor", "p50 µs", "p99 µs", "p50 vs poller", "p50 vs floor", "events"],
         rows,
+        key="latency",
     )
+
+
+def _latency_percentiles(results: dict[tuple[str, str], list[float]]) -> None:
+    """Every percentile (0..100, nearest rank, µs) per rate and competitor: the CDF charts."""
+    by_rate: dict[str, dict[str, list[float]]] = {}
+    for (name, rate), seen in results.items():
+        ordered = sorted(seen)
+        last = len(ordered) - 1
+        by_rate.setdefault(rate, {})[name] = [
+            round(ordered[round(last * q / 100)] * 1e6, 2) for q in range(101)
+        ]
+    series("latency_percentiles_us", by_rate)
 
 
 # ---------------------------------------------------------------- idle
@@ -616,7 +632,9 @@ def _idle_table(results: dict[str, tuple[float | None, float]]) -> str:
         [name, "n/a" if wakeups is None else f"{wakeups:.1f}", f"{cpu * 100:.2f}%"]
         for name, (wakeups, cpu) in results.items()
     ]
-    return markdown_table(["consumer", "wake-ups/s (consumer thread)", "process CPU"], rows)
+    return markdown_table(
+        ["consumer", "wake-ups/s (consumer thread)", "process CPU"], rows, key="idle"
+    )
 
 
 # ---------------------------------------------------------------- metrics on / off
@@ -679,7 +697,9 @@ def _overhead_table(results: dict[str, dict[str, Result]]) -> str:
         for workload, by_name in results.items()
     ]
     return markdown_table(
-        ["workload", "off events/s", "on events/s", "on / off (time per event)"], rows
+        ["workload", "off events/s", "on events/s", "on / off (time per event)"],
+        rows,
+        key="overhead",
     )
 
 
@@ -762,6 +782,7 @@ def report(quick: bool = False) -> str:
             puts = _put_cost(rig, plan)
             latency = _latency(rig, plan)
             idle = _idle(rig, plan)
+            _latency_percentiles(latency)
             source, source_targets = source_section(rig.lt, quick)
         finally:
             rig.close()
@@ -775,12 +796,12 @@ def report(quick: bool = False) -> str:
             f"### Throughput back to back ({plan.rounds} interleaved rounds x "
             f"{plan.events:,} events)",
             "",
-            _throughput_table(fast),
+            _throughput_table(fast, key="throughput"),
             "",
             f"### Throughput with 5 µs of producer work per event ({plan.rounds} rounds x "
             f"{plan.work_events:,} events)",
             "",
-            _throughput_table(work),
+            _throughput_table(work, key="throughput_work"),
             "",
             f"### Producer-side cost of one put ({plan.put_rounds} rounds x bursts of "
             f"{plan.put_burst:,}, consumer running)",
@@ -843,4 +864,4 @@ def report(quick: bool = False) -> str:
 
 
 if __name__ == "__main__":
-    print(report(quick=parse_args(__doc__ or "").quick))
+    run_main("bench_channel", report, __doc__ or "")

@@ -40,7 +40,7 @@ from structlog.testing import LogCapture, capture_logs
 
 import loopthread
 from loopthread.structlog import enrich as structlog_enrich
-from perf._harness import Result, interleave, markdown_table, parse_args, timed
+from perf._harness import Result, interleave, markdown_table, run_main, timed
 
 __all__ = ["report"]
 
@@ -372,13 +372,15 @@ def _ms(seconds: float) -> float:
     return seconds * 1e3
 
 
-def _table(results: dict[str, Result], baseline: str, scale: Callable[[float], float]) -> str:
+def _table(
+    results: dict[str, Result], baseline: str, scale: Callable[[float], float], *, key: str
+) -> str:
     base = results[baseline].median
     rows = [
         [f"`{name}`", scale(r.median), scale(r.p99), f"{base / r.median:.2f}x"]
         for name, r in results.items()
     ]
-    return markdown_table(["method", "median", "p99", f"speed vs `{baseline}`"], rows)
+    return markdown_table(["method", "median", "p99", f"speed vs `{baseline}`"], rows, key=key)
 
 
 def _kib(value: int | None) -> str:
@@ -418,12 +420,12 @@ def report(quick: bool = False) -> str:
         f"### Five enrichers awaiting 10 ms each: ms per event ({plan.io_rounds} interleaved "
         f"rounds x {plan.io_calls} events)",
         "",
-        _table(io, SEQUENTIAL, _ms),
+        _table(io, SEQUENTIAL, _ms, key="io"),
         "",
         f"### Three quick async enrichers from a sync caller: µs per event "
         f"({plan.quick_rounds} interleaved rounds x {plan.quick_calls} events)",
         "",
-        _table(sync, EXECUTOR, _us),
+        _table(sync, EXECUTOR, _us, key="sync"),
         "",
         f"### Memory over {memory.calls:,} enrich_sync calls after {plan.memory_warmup:,} "
         "warm-up calls",
@@ -438,6 +440,7 @@ def report(quick: bool = False) -> str:
                     memory.loops_created,
                 ]
             ],
+            key="memory",
         ),
         "",
         "### A burst of 200 records against 4 connections x 20 ms, budget 0.2 s; then 20 calm",
@@ -466,6 +469,7 @@ def report(quick: bool = False) -> str:
                 ]
                 for b in bursts
             ],
+            key="burst",
         ),
         "",
         "### `loopthread.structlog.enrich(chain, timeout=0.05)`: one log call",
@@ -485,6 +489,7 @@ def report(quick: bool = False) -> str:
                     f"{_ms(calls.async_50):.2f} ms",
                 ]
             ],
+            key="structlog_enrich",
         ),
         "",
         "### Targets",
@@ -525,4 +530,4 @@ def report(quick: bool = False) -> str:
 
 
 if __name__ == "__main__":
-    print(report(quick=parse_args(__doc__ or "").quick))
+    run_main("bench_enrich", report, __doc__ or "")

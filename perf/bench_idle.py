@@ -29,7 +29,7 @@ from pathlib import Path
 import janus
 
 import loopthread
-from perf._harness import markdown_table, parse_args
+from perf._harness import markdown_table, run_main
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -179,10 +179,11 @@ def report(*, quick: bool = False) -> str:
         rows.append([name, len(threads), f"{wakeups:.1f}", f"{cpu * 100:.2f}%"])
     return (
         f"Idle for {seconds:g} s after one call, one channel item and one executor job.\n\n"
-        + markdown_table(["who", "threads", "wake-ups/s (all its threads)", "CPU"], rows)
+        + markdown_table(
+            ["who", "threads", "wake-ups/s (all its threads)", "CPU"], rows, key="idle"
+        )
     )
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__ or "")
-    print(report(quick=args.quick))
+    run_main("bench_idle", report, __doc__ or "")

@@ -56,7 +56,7 @@ from structlog.testing import capture_logs
 
 import loopthread
 from loopthread.logging import LoopHandler
-from perf._harness import markdown_table, p99, parse_args
+from perf._harness import markdown_table, p99, run_main
 
 __all__ = ["report"]
 
@@ -504,14 +504,15 @@ def _table(one: dict[str, _Series], four: dict[str, _Series]) -> str:
             "1 thread: µs per call",
             "p99 µs",
             "vs QueueHandler",
-            "records/s",
-            "vs QueueListener",
+            "1 thread: records/s",
+            "1 thread: vs QueueListener",
             "4 threads: µs per call",
-            "records/s",
-            "vs QueueListener",
+            "4 threads: records/s",
+            "4 threads: vs QueueListener",
             "dropped",
         ],
         rows,
+        key="throughput",
     )
 
 
@@ -539,6 +540,7 @@ def _enrich_table(series: dict[str, _Series], plan: _Plan) -> str:
             "µs per call",
         ],
         rows,
+        key="enrich",
     )
 
 
@@ -557,6 +559,7 @@ def _exit_table(exits: dict[str, _Exit]) -> str:
             "s",
         ],
         rows,
+        key="exit",
     )
 
 
@@ -689,4 +692,4 @@ def report(quick: bool = False) -> str:
 
 
 if __name__ == "__main__":
-    print(report(quick=parse_args(__doc__ or "").quick))
+    run_main("bench_logging", report, __doc__ or "")

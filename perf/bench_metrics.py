@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
 import loopthread
-from perf._harness import markdown_table, p99, parse_args, timed
+from perf._harness import markdown_table, p99, run_main, timed
 
 __all__ = ["report"]
 
@@ -107,7 +107,9 @@ def report(quick: bool = False) -> str:
             "",
             f"### One scrape, generate_latest ({plan.scrapes} scrapes)",
             "",
-            markdown_table(["what is scraped", "bytes", "median µs", "p99 µs"], [row]),
+            markdown_table(
+                ["what is scraped", "bytes", "median µs", "p99 µs"], [row], key="scrape"
+            ),
             "",
             "No target: a scrape runs on the HTTP server's thread (holding the GIL for that "
             "long), once per scrape interval (typically 15 s or more), not on the loop. The "
@@ -118,4 +120,4 @@ def report(quick: bool = False) -> str:
 
 
 if __name__ == "__main__":
-    print(report(quick=parse_args(__doc__ or "").quick))
+    run_main("bench_metrics", report, __doc__ or "")

@@ -396,6 +396,7 @@ def _serve_table(results: dict[str, Result], rounds: dict[str, list[_Round]]) ->
             "CPU vs loopthread",
         ],
         rows,
+        key="serve",
     )
 
 
@@ -549,7 +550,7 @@ def _calls_table(child: dict[str, Any]) -> str:
         [name, median * 1e6, child["p99s"][name] * 1e6, f"{median / base:.3f}x"]
         for name, median in child["medians"].items()
     ]
-    return markdown_table(["configuration", "median µs", "p99 µs", "vs off"], rows)
+    return markdown_table(["configuration", "median µs", "p99 µs", "vs off"], rows, key="calls")
 
 
 # ---------------------------------------------------------------------- report
@@ -647,9 +648,9 @@ def main() -> None:
     if "--mp-child" in sys.argv:
         _child_main("--quick" in sys.argv)
         return
-    from perf._harness import parse_args
+    from perf._harness import run_main
 
-    print(report(quick=parse_args(__doc__ or "").quick))
+    run_main("bench_prefork", report, __doc__ or "")
 
 
 if __name__ == "__main__":

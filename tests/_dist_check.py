@@ -21,7 +21,7 @@ PACKAGE = "loopthread"
 URLS = ("Homepage", "Documentation", "Changelog", "Issues")
 ENTRY_POINT = "loopthread = loopthread.pytest_plugin"
 SDIST_FILES = ("LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "PKG-INFO")
-SDIST_TREES = ("tests", "examples")
+SDIST_TREES = ("tests", "examples", "docs")
 
 
 def package_files(root: Path = ROOT) -> set[str]:

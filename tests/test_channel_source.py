@@ -550,6 +550,26 @@ def test_put_still_works_and_mixes_with_the_source(
     assert ch.stats().put == 2
 
 
+def test_run_in_executor_handler(lt: LoopThread, pipe: tuple[Connection, Connection]) -> None:
+    """run_in="executor": a blocking handler runs in the executor, never on the loop thread;
+    flush covers the pipe all the same."""
+    reader, writer = pipe
+    threads: set[int] = set()
+    got: list[int] = []
+
+    def save(batch: list[int]) -> None:
+        threads.add(threading.get_ident())
+        got.extend(batch)
+
+    ch = lt.channel_from(reader, save, run_in="executor")
+    for i in range(200):
+        writer.send(i)
+    assert ch.flush(timeout=5)
+    assert got == list(range(200))
+    assert lt.thread.ident not in threads
+    ch.close(timeout=5)
+
+
 def test_uvloop_watches_the_fd_too(pipe: tuple[Connection, Connection]) -> None:
     """On uvloop the fd is watched the same way (its add_reader)."""
     pytest.importorskip("uvloop")

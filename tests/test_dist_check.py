@@ -68,7 +68,7 @@ def write_sdist(path: Path, members: dict[str, bytes]) -> Path:
 def sdist_members() -> dict[str, bytes]:
     """What a good sdist holds (under its top directory)."""
     names = set(package_files()) | {"LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml"}
-    for tree in ("tests", "examples"):
+    for tree in ("tests", "examples", "docs"):
         names |= {
             p.relative_to(ROOT).as_posix()
             for p in (ROOT / tree).rglob("*.py")

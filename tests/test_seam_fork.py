@@ -177,12 +177,15 @@ def _target(kind: str, parent: LoopThread, made: list[LoopThread]) -> _Target:
         def child_resource() -> None:
             _quiet_loop("seam-fork-child").resource(_make_value, name="child-value")
 
-        return _Target(lambda: parent.resource(_make_value, name="parent-value"), child_resource)
+        def make_resource(parent: LoopThread = parent) -> None:
+            parent.resource(_make_value, name="parent-value")
+
+        return _Target(make_resource, child_resource)
     if kind == "event_bus":
         bus = EventBus(parent)
         reporter = bus.reporter()
 
-        def report() -> None:
+        def report(parent: LoopThread = parent, reporter: Any = reporter) -> None:
             EventBus(parent)
             try:
                 reporter.report("tick", {"n": 1})
@@ -193,7 +196,7 @@ def _target(kind: str, parent: LoopThread, made: list[LoopThread]) -> _Target:
     if kind == "offload":
         processor = offload(sink=lambda value: None, loop_thread=parent)
 
-        def log_one() -> None:
+        def log_one(processor: Any = processor) -> None:
             try:
                 processor(None, "info", {"event": "tick"})
             except structlog.DropEvent:
@@ -212,7 +215,7 @@ def _target(kind: str, parent: LoopThread, made: list[LoopThread]) -> _Target:
         made.append(host)
         chain = EnricherChain([add], loop_thread=host)
 
-        def enrich() -> None:
+        def enrich(chain: EnricherChain = chain) -> None:
             chain.enrich_sync({"k": 1})
 
         return _Target(enrich, enrich, threads=0, on_loop=host)
@@ -225,7 +228,11 @@ def _target(kind: str, parent: LoopThread, made: list[LoopThread]) -> _Target:
         handler = LoopHandler(*[_RaisingHandler() for _ in range(50)], loop_thread=stopped)
         handler.handle(record)
         handler.flush(CHILD_BOUND)
-    return _Target(lambda: handler.handle(record), lambda: handler.handle(record), threads=2)
+
+    def handle(handler: LoopHandler = handler, record: logging.LogRecord = record) -> None:
+        handler.handle(record)
+
+    return _Target(handle, handle, threads=2)
 
 
 @pytest.fixture(name="parent_loop")
@@ -252,14 +259,17 @@ def test_first_use_in_forked_child_while_parent_threads_use_it(
     target = _target(kind, parent_loop, made)
     stop = threading.Event()
 
-    def hammer() -> None:
+    # Default arguments, not closures: on free-threaded 3.13 reading a closure cell takes the
+    # cell's own mutex, and one contended by the hammering threads when fork() came can be
+    # left held in the child (CPython gh-144513), which would hang the test's own code there.
+    def hammer(target: _Target = target, stop: threading.Event = stop) -> None:
         while not stop.is_set():
             target.hammer()
 
     async def hammer_on_loop() -> None:
         hammer()  # blocks this loop until stop is set: nothing else runs on it
 
-    def child() -> str:
+    def child(target: _Target = target) -> str:
         target.first_use()
         return "ok"
 

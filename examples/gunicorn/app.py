@@ -1,6 +1,6 @@
-"""A WSGI app that calls an async HTTP client through loopthread: the README's "Deploying
-under gunicorn" recipe. It works as written with sync and gthread workers, with and without
-``--preload``, and needs no ``post_fork`` hook::
+"""A WSGI app that calls an async HTTP client through loopthread: the gunicorn recipe of
+docs/guide/deploy.md, with a plain-logging file log. It works as written with sync and gthread
+workers, with and without ``--preload``, and needs no ``post_fork`` hook::
 
     UPSTREAM_URL=http://127.0.0.1:8001 LOG_FILE=app.log \\
         gunicorn --preload --workers 3 --chdir examples/gunicorn app:app

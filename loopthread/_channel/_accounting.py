@@ -19,6 +19,7 @@ from loopthread._channel._base import (
     T,
     peek,
 )
+from loopthread._channel._modes import PartialFailure, running_in_executor_for
 from loopthread._channel._wake import WakeProtocol
 from loopthread._exceptions import (
     WouldDeadlockError,
@@ -55,6 +56,11 @@ class Accounting(WakeProtocol[T]):
                 "consumer runs on that thread: it would wait for itself. In a coroutine use "
                 "`await ch.aflush()`."
             )
+        if running_in_executor_for(self):
+            raise WouldDeadlockError(
+                f"ch.flush() was called inside the executor handler of channel {self._name!r}:"
+                " it would wait for that very call to return. Flush from outside the handler."
+            )
         target = peek(self._accepted)
         if self._flushed(target):
             return True
@@ -86,7 +92,7 @@ class Accounting(WakeProtocol[T]):
         target = peek(self._accepted)
         if self._flushed(target):
             return True
-        if asyncio.current_task() is self._task:
+        if self._in_own_handler():
             raise WouldDeadlockError(
                 f"await ch.aflush() inside the handler of channel {self._name!r} would wait "
                 "for the handler itself to return. Flush from outside the handler."
@@ -197,6 +203,9 @@ class Accounting(WakeProtocol[T]):
 
     def _handler_failed(self, size: int, exc: BaseException) -> None:
         self._in_flight = 0  # out of flight before counted (see Consumer)
+        if isinstance(exc, PartialFailure):  # some runs of a context="producer" batch failed
+            self._handled += size - exc.failed
+            size, exc = exc.failed, exc.error
         self._failed += size
         suppressed = self._log_limiter.allow("handler_failed")
         if suppressed is not None:

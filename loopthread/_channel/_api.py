@@ -55,7 +55,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import CoroutineType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loopthread._channel._base import (
     OVERFLOW_POLICIES,
@@ -65,13 +65,14 @@ from loopthread._channel._base import (
     T,
     new_id,
 )
+from loopthread._channel._modes import CONTEXT_MODES, RUN_IN, adapt, snapshots
 from loopthread._channel._producer import Producer
 from loopthread._core._component import StopPhase
 from loopthread._exceptions import (
     LoopNotRunningError,
 )
 from loopthread._log import RateLimiter
-from loopthread._util import Latch
+from loopthread._util import Latch, describe
 from loopthread._validate import check_choice, check_positive_int, check_timeout
 
 if TYPE_CHECKING:
@@ -87,6 +88,17 @@ class Channel(Producer[T]):
     Create it with :meth:`LoopThread.channel`. ``handler(batch)`` is called on the loop with
     1 to ``batch_size`` items in FIFO order (per producer), one call at a time; it is usually
     ``async def``, a plain function is called directly (it must be quick: it runs on the loop).
+
+    Where and in which context (see ``loopthread._channel._modes``):
+
+    * ``run_in="executor"``: a plain (sync) handler runs in the LoopThread's executor, one call
+      at a time, in order; the loop goes on meanwhile. An async handler is a TypeError.
+    * ``context="empty"`` (default): the handler runs in a context of the channel's own,
+      created empty (never the creator's: a batch comes from many producers).
+      ``context="producer"``: each ``put`` carries a copy of the caller's ``contextvars``, and
+      the handler is called once per run of consecutive items whose contexts hold the same
+      variables, in that context (``batch`` is then the run's items); a run that raises counts
+      its own items as failed.
 
     Overflow policies, when ``maxsize`` items are waiting:
 
@@ -123,6 +135,9 @@ class Channel(Producer[T]):
         overflow: Overflow = "block",
         batch_size: int = 256,
         name: str | None = None,
+        context: str = "empty",
+        run_in: str = "loop",
+        drain_after: Channel[Any] | None = None,
     ) -> None:
         if isinstance(handler, CoroutineType):
             handler.close()
@@ -138,13 +153,27 @@ class Channel(Producer[T]):
         self._maxsize = check_positive_int(maxsize, "maxsize")
         self._batch_size = check_positive_int(batch_size, "batch_size")
         self._overflow = check_choice(overflow, "overflow", OVERFLOW_POLICIES)
+        context = check_choice(context, "context", CONTEXT_MODES)
+        run_in = check_choice(run_in, "run_in", RUN_IN)
+        is_async = _looks_async(handler)
+        if is_async and run_in == "executor":
+            raise TypeError(
+                f"handler {describe(handler)} is async: run_in='executor' runs a plain function "
+                "in the executor. Run it on the loop (run_in='loop', the default), or pass a "
+                "plain function (an async handler can `await loop.run_in_executor(...)` itself)."
+            )
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str or None; got {name!r}.")
+        if drain_after is not None and not isinstance(drain_after, Channel):
+            raise TypeError(f"drain_after must be a Channel or None; got {drain_after!r}.")
         if not loop_thread.running:
             raise LoopNotRunningError(loop_thread._not_running_message())
         self._name = name or f"channel-{new_id()}"
         self._lt = loop_thread
-        self._handler = handler
+        self._handler = adapt(self, handler, is_async=is_async, context=context, run_in=run_in)
+        self._capture = snapshots() if context == "producer" else None
+        self._drain_after = drain_after
+        self._handler_task = None
         self._pid = os.getpid()
         self._grace = min(loop_thread.cancel_grace, 1.0)
 
@@ -156,13 +185,15 @@ class Channel(Producer[T]):
         # _start_consumer is on its way to the loop and will look at the deque.
         self._active = True
         # The handler looks sync: _on_wake calls it itself (until it returns an awaitable).
-        self._inline = not _looks_async(handler)
+        self._inline = not _looks_async(self._handler)
         self._streaming = False  # woken soon after its park: lingers before the next one
         self._parked_at = 0.0  # time.monotonic() of the last park after a batch
         self._park_batches = 0  # _batches at that park
         self._loop = loop_thread.loop
         self._loop_ident = loop_thread.thread.ident  # in_loop_thread(), one call less per wake
-        self._ctx = contextvars.Context()  # the handler's context, copied at _start_consumer
+        # The consumer's (and with context="empty" the handler's) context: empty, never the
+        # creator's (see _modes).
+        self._ctx = contextvars.Context()
         # The wake-up callbacks' own context (given, so a producer copies none), never the
         # handler's: an eager consumer task started from a callback enters _ctx itself.
         self._wake_ctx = contextvars.Context()
@@ -289,7 +320,7 @@ class Channel(Producer[T]):
             return
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
         self._begin_close("closed")
-        if asyncio.current_task() is self._task:
+        if self._in_own_handler():
             self._spawn_drain(deadline)
             return
         await self._drain(deadline)
@@ -302,7 +333,12 @@ class Channel(Producer[T]):
     stop_phase: StopPhase = "drain"
 
     async def on_stop(self, deadline: float) -> None:
-        """The LoopThread's stop, drain phase: close, drain by ``deadline``, count the rest."""
+        """The LoopThread's stop, drain phase: close, drain by ``deadline``, count the rest.
+
+        A channel fed by another one's handler (``drain_after``) stays open until that one
+        finished: what it hands over during its own drain is still taken."""
+        if self._drain_after is not None:
+            await self._drain_after._finished_by(deadline)
         self._begin_close("loop_stopped")
         await self._drain(deadline, for_stop=True)
 

@@ -21,6 +21,7 @@ from loopthread._stats import ChannelStats
 from loopthread._util import Latch
 
 if TYPE_CHECKING:
+    from loopthread._channel._api import Channel
     from loopthread._loopthread import LoopThread
 
 
@@ -93,13 +94,16 @@ class ChannelBase(ComponentBase, Generic[T]):
     # The state every part of a channel shares; set by Channel.__init__ (see there).
     _name: str
     _lt: LoopThread
-    _handler: Callable[[list[T]], Awaitable[object] | None]
+    _handler: Callable[[list[Any]], Awaitable[object] | None]  # adapted: see _modes
+    _capture: Callable[[], contextvars.Context] | None  # context="producer": (item, context)
+    _drain_after: Channel[Any] | None  # stop() drains this channel once that one finished
+    _handler_task: asyncio.Task[Any] | None  # a context="producer" run's own Task
     _pid: int
     _grace: float
     _maxsize: int
     _batch_size: int
     _overflow: str
-    _items: deque[T]
+    _items: deque[Any]  # items, or (item, context) pairs when _capture
     _parked: list[None]
     _active: bool
     _inline: bool
@@ -147,6 +151,11 @@ class ChannelBase(ComponentBase, Generic[T]):
         return self._name
 
     @property
+    def depth(self) -> int:
+        """Items waiting now (``stats().depth`` without building a snapshot)."""
+        return len(self._items)
+
+    @property
     def closed(self) -> bool:
         """True once the channel stopped accepting items."""
         return self._closed
@@ -180,6 +189,11 @@ class ChannelBase(ComponentBase, Generic[T]):
             f"<Channel {self._name!r} {state} depth={len(self._items)} "
             f"handled={self._handled} failed={self._failed}>"
         )
+
+    def _in_own_handler(self) -> bool:
+        """True in a coroutine of this channel's own handler call (it must not wait for it)."""
+        task = asyncio.current_task()
+        return task is not None and (task is self._task or task is self._handler_task)
 
     def _closed_error(self) -> ChannelClosedError:
         reason = self._close_reason

@@ -20,7 +20,6 @@ producer's items reach the handler in its order. The task ends when it parks.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import sys
 import time
 from collections.abc import Awaitable
@@ -66,10 +65,9 @@ class Consumer(Drain[T]):
             self._finalize()
             return
         # On the loop. (The drain hook was added at creation; a stop() under way drains this
-        # consumer too.) The handler's context: a copy of the creator's, as a task's would be,
+        # consumer too.) Its context, _ctx, is the channel's own (empty, never the creator's),
         # kept for every handler call (inline or in a consumer task), one at a time.
         self._consumer_started = True
-        self._ctx = contextvars.copy_context()
         self._ended = self._loop.create_future()
         # _active is up since creation: puts made before this ran claimed no park; the first
         # task looks at the deque.

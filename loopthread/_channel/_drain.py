@@ -78,6 +78,22 @@ class Drain(Accounting[T]):
                     await asyncio.wait({ended}, timeout=self._grace)
         return self._finalize()
 
+    async def _finished_by(self, deadline: float) -> None:
+        """On the loop: wait until this channel's consumer finished (its drain is another
+        component's) or ``deadline``. stop()'s cut ends the wait; user code cancelling every
+        task does not."""
+        self._start_consumer()
+        ended = self._ended
+        while ended is not None and not ended.done():
+            try:
+                await asyncio.wait({ended}, timeout=remaining(deadline))
+                return
+            except asyncio.CancelledError as exc:
+                me = asyncio.current_task()
+                if is_stop_cut(exc) or me is None:
+                    return  # the caller's drain sees the deadline passed and cuts its own
+                me.uncancel()
+
     def _cancel_consumer(self) -> None:
         self._stop_requested = True
         task = self._task

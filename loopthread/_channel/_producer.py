@@ -46,6 +46,9 @@ class Producer(Consumer[T]):
             timeout = check_timeout(timeout)
         if self._closed:
             raise self._closed_error()
+        capture = self._capture
+        if capture is not None:  # context="producer": the caller's context travels with it
+            item = (item, capture())  # type: ignore[assignment]
         items = self._items
         if len(items) >= self._maxsize:
             return self._put_full(item, timeout)
@@ -77,7 +80,7 @@ class Producer(Consumer[T]):
             self._overflow == "block"
             and len(self._items) >= self._maxsize
             and not self._closed
-            and asyncio.current_task() is not self._task
+            and not self._in_own_handler()
         ):
             loop = asyncio.get_running_loop()
             if not self._lt.in_loop_thread():

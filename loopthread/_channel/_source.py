@@ -53,7 +53,9 @@ __all__ = ["Reader", "SourceChannel", "SourceStats"]
 class SourceStats(ChannelStats):
     """A :class:`ChannelStats` with what the reader of the source saw.
 
-    Fields (beyond ChannelStats'; ``put`` counts the items read from the source):
+    ``put`` counts the items read from the source (and ``put()`` calls, if any).
+
+    Attributes:
         source: what is read: ``"multiprocessing.Queue"``, ``"socket"``, ``"fd"``, ``"queue"``...
         reader: ``"add_reader"`` (the loop watches its fd) or ``"thread"`` (one blocked in get()).
         reads: reads made on the source (each may bring many items).
@@ -108,6 +110,7 @@ class SourceChannel(Channel[T]):
         maxsize: int = 10_000,
         batch_size: int = 256,
         name: str | None = None,
+        run_in: str = "loop",
     ) -> None:
         plan = plan_for(source, framing, decode)
         self._source = source
@@ -121,6 +124,7 @@ class SourceChannel(Channel[T]):
             overflow="block",
             batch_size=batch_size,
             name=name,
+            run_in=run_in,
         )
         try:
             self._start_reader()

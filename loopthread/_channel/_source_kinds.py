@@ -149,7 +149,10 @@ def _connection(source: mp_connection.Connection, framing: str | None, decode: o
     if source.closed:
         raise ValueError(f"the {kind} is closed; pass an open one.")
     if not source.readable:
-        raise ValueError(f"the {kind} is a write end (duplex=False gives (reader, writer)).")
+        raise ValueError(
+            f"the {kind} is a write end: pass the reader (Pipe(duplex=False) returns "
+            "(reader, writer))."
+        )
     fd = _fileno(source, kind)
     loads: Any = decode or pickle.loads
     return Plan(

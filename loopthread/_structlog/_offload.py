@@ -56,7 +56,7 @@ _offloading: contextvars.ContextVar[bool] = contextvars.ContextVar(
 class OffloadStats:
     """Counts of an ``offload`` processor.
 
-    Fields:
+    Attributes:
         offloaded: events handed to the channel.
         dropped: events refused by the overflow policy (or, logged from inside the offload's
             own processors or sink while the channel was full, refused rather than waited for).

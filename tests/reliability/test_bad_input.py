@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
+import queue
 import re
 import signal
 import threading
@@ -249,6 +251,39 @@ BAD_INPUT: list[Case] = [
         TypeError,
         "number of seconds or None",
     ),
+    # -------------------------------------------------------- channel_from
+    Case(
+        "channel_from(3.5)",
+        lambda lt: lt.channel_from(3.5, handle),
+        TypeError,
+        r"reads a multiprocessing\.Queue or SimpleQueue",
+    ),
+    Case(
+        "channel_from(JoinableQueue)",
+        lambda lt: lt.channel_from(multiprocessing.get_context("spawn").JoinableQueue(), handle),
+        TypeError,
+        r"Use a multiprocessing\.Queue \(and flush\(\) the channel instead of join\(\)\)",
+    ),
+    Case(
+        "channel_from(mp.Queue, framing='lines')",
+        lambda lt: lt.channel_from(
+            multiprocessing.get_context("spawn").Queue(), handle, framing="lines"
+        ),
+        TypeError,
+        r"Leave it out \(decode= replaces pickle\.loads\)",
+    ),
+    Case(
+        "channel_from(queue.Queue, decode=int)",
+        lambda lt: lt.channel_from(queue.Queue(), handle, decode=int),
+        TypeError,
+        "are objects already. Leave them out",
+    ),
+    Case(
+        "channel_from(a Pipe's write end)",
+        lambda lt: lt.channel_from(multiprocessing.Pipe(duplex=False)[1], handle),
+        ValueError,
+        r"pass the reader \(Pipe\(duplex=False\) returns \(reader, writer\)\)",
+    ),
     # -------------------------------------------------------- channels
     Case(
         "channel(handle(...))",
@@ -291,6 +326,30 @@ BAD_INPUT: list[Case] = [
         lambda lt: lt.channel(handle, name=""),
         TypeError,
         "non-empty str or None",
+    ),
+    Case(
+        "channel(context='caller')",
+        lambda lt: lt.channel(handle, context="caller"),
+        ValueError,
+        "context must be one of 'empty', 'producer'",
+    ),
+    Case(
+        "channel(run_in='thread')",
+        lambda lt: lt.channel(handle, run_in="thread"),
+        ValueError,
+        "run_in must be one of 'loop', 'executor'",
+    ),
+    Case(
+        "channel(async, run_in='executor')",
+        lambda lt: lt.channel(handle, run_in="executor"),
+        TypeError,
+        r"Run it on the loop \(run_in='loop', the default\), or pass a plain function",
+    ),
+    Case(
+        "Channel(lt, handle, drain_after=3)",
+        lambda lt: loopthread.Channel(lt, handle, drain_after=3),
+        TypeError,
+        "drain_after must be a Channel or None",
     ),
     Case(
         "channel on a stopped loop",
@@ -376,7 +435,43 @@ BAD_INPUT: list[Case] = [
         "bus.on(type, handle(...))",
         lambda lt: EventBus(lt).on("x", lookup({})),
         TypeError,
-        r"not bus\.on\('progress', handle\(\.\.\.\)\)",
+        r"not bus\.on\('x', handle\(\.\.\.\)\)",
+    ),
+    Case(
+        "bus.on(type, async, run_in='executor')",
+        lambda lt: EventBus(lt).on("x", lookup, run_in="executor"),
+        TypeError,
+        r"Register it to run on the loop \(bus\.on\('x', handler\)\), or pass a plain function",
+    ),
+    Case(
+        "bus.on(type, run_in='thread')",
+        lambda lt: EventBus(lt).on("x", print, run_in="thread"),
+        ValueError,
+        "run_in must be one of 'loop', 'executor'",
+    ),
+    Case(
+        "bus.on_any(handle(...))",
+        lambda lt: EventBus(lt).on_any(lookup({})),
+        TypeError,
+        r"not bus\.on_any\(handle\(\.\.\.\)\)",
+    ),
+    Case(
+        "bus.publish([...])",
+        lambda lt: EventBus(lt).publish([("type", "x")]),
+        TypeError,
+        r"a mapping with a 'type' key.*use reporter\.report\('progress', data\)",
+    ),
+    Case(
+        "bus.publish({no type})",
+        lambda lt: EventBus(lt).publish({"done": 3}),
+        ValueError,
+        r"add one, such as \{'type': 'progress', \.\.\.\}",
+    ),
+    Case(
+        "reporter.publish({'type': 3})",
+        lambda lt: EventBus(lt).reporter().publish({"type": 3}),
+        TypeError,
+        r"event\['type'\] must be a str such as 'progress'",
     ),
     Case(
         "bus.on(type, 3)",
