@@ -77,6 +77,14 @@ def fixture_pipe() -> Iterator[tuple[Connection, Connection]]:
     writer.close()
 
 
+def put_and_flush(ch: SourceChannel[Any], rec: testing.Recorder[Any], put: Any, count: int) -> None:
+    """Put 0 .. count - 1 into the source with ``put``; flush; all arrived, in order."""
+    for i in range(count):
+        put(i)
+    assert ch.flush(timeout=10)
+    assert rec.items == list(range(count))
+
+
 def thread_names() -> list[str]:
     """The threads of this process but multiprocessing's queue feeders (an mp.Queue that this
     process put into has one until the queue is collected: other tests' come and go)."""
@@ -131,10 +139,7 @@ def test_simple_queue(lt: LoopThread) -> None:
     q = SPAWN.SimpleQueue()
     rec: testing.Recorder[Any] = testing.Recorder()
     ch = lt.channel_from(q, rec)
-    for i in range(50):
-        q.put(i)  # written to the pipe before put() returns (no feeder thread)
-    assert ch.flush(timeout=5)
-    assert rec.items == list(range(50))
+    put_and_flush(ch, rec, q.put, 50)  # written to the pipe before put() returns (no feeder)
     assert ch.stats().source == "multiprocessing.SimpleQueue"
     ch.close(timeout=5)
 
@@ -577,10 +582,7 @@ def test_uvloop_watches_the_fd_too(pipe: tuple[Connection, Connection]) -> None:
     lt = LoopThread("source-uvloop", uvloop=True, lag_interval=None).start()
     rec: testing.Recorder[int] = testing.Recorder()
     ch = lt.channel_from(reader, rec)
-    for i in range(500):
-        writer.send(i)
-    assert ch.flush(timeout=5)
-    assert rec.items == list(range(500))
+    put_and_flush(ch, rec, writer.send, 500)
     assert ch.stats().reader == "add_reader"
     testing.stop_cleanly(lt)
 
@@ -845,10 +847,7 @@ def test_queue_simple_queue(lt: LoopThread) -> None:
     q: queue.SimpleQueue[int] = queue.SimpleQueue()
     rec: testing.Recorder[int] = testing.Recorder()
     ch = lt.channel_from(q, rec)
-    for i in range(100):
-        q.put(i)
-    assert ch.flush(timeout=5)
-    assert rec.items == list(range(100))
+    put_and_flush(ch, rec, q.put, 100)
     ch.close(timeout=5)
     assert ch.stats().reader == "thread"
 
@@ -860,10 +859,7 @@ def test_manager_queue_proxy(lt: LoopThread) -> None:
         q = manager.Queue()
         rec: testing.Recorder[int] = testing.Recorder()
         ch = lt.channel_from(q, rec)
-        for i in range(50):
-            q.put(i)
-        assert ch.flush(timeout=10)
-        assert rec.items == list(range(50))
+        put_and_flush(ch, rec, q.put, 50)
         ch.close(timeout=10)
         assert ch.stats().ended == "closed"
         q.put(-1)
