@@ -7,7 +7,7 @@ private modules.
 """
 
 from loopthread._blocking import blocking, run
-from loopthread._channel import Channel, ChannelStats
+from loopthread._channel import Channel, ChannelStats, SourceChannel, SourceStats
 from loopthread._default import DefaultResource, configure_default, default, resource
 from loopthread._enrich import ChainStats, EnricherChain, EnricherStats, enricher
 from loopthread._eventbus import EventBus, EventBusStats, Reporter
@@ -43,6 +43,8 @@ __all__ = [
     "Reporter",
     "Resource",
     "ShutdownReport",
+    "SourceChannel",
+    "SourceStats",
     "SyncFacade",
     "WouldDeadlockError",
     "blocking",

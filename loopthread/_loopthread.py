@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from loopthread._channel import Channel, Overflow
+    from loopthread._channel._source import SourceChannel
     from loopthread._resource import Resource
 
 __all__ = ["CLOSE_FLOOR", "LoopStats", "LoopThread", "ShutdownReport", "State"]
@@ -155,6 +156,49 @@ class LoopThread(LoopThreadCore):
             batch_size=batch_size,
             name=name,
             context=context,
+            run_in=run_in,
+        )
+
+    def channel_from(
+        self,
+        source: object,
+        handler: Callable[[list[T]], Awaitable[object] | None],
+        *,
+        framing: str | None = None,
+        decode: Callable[[bytes], T] | None = None,
+        maxsize: int = 10_000,
+        batch_size: int = 256,
+        name: str | None = None,
+        run_in: str = "loop",
+    ) -> SourceChannel[T]:
+        """Open a channel fed by an existing source: ``handler(batch)`` gets what it holds.
+
+        ``source``: a ``multiprocessing.Queue`` or ``SimpleQueue``, a
+        ``multiprocessing.connection.Connection``, a pipe or socket (an fd or an object with
+        ``fileno()``; items are ``bytes``, cut by ``framing``: ``"chunks"``, each read, or
+        ``"lines"``), all read by the loop when their fd is readable (no thread); or a
+        ``queue.Queue``-like object (blocking ``get()``, ``put()``), read by one thread blocked
+        in ``get()``. ``decode`` turns each message's bytes into the item (default:
+        ``pickle.loads`` for the multiprocessing kinds). While ``maxsize`` items wait, the
+        source is not read. ``flush()`` covers what the source holds at the time of the call;
+        ``close()`` and :meth:`stop` read it, then drain. ``run_in="executor"`` runs a plain
+        handler in the executor, as :meth:`channel` does. See :class:`loopthread.SourceChannel`.
+
+        Raises:
+            TypeError, ValueError: a source of no known kind, a closed one, bad options.
+            LoopNotRunningError: the loop is not running.
+        """
+        from loopthread._channel._source import SourceChannel
+
+        return SourceChannel(
+            self,
+            source,
+            handler,
+            framing=framing,
+            decode=decode,
+            maxsize=maxsize,
+            batch_size=batch_size,
+            name=name,
             run_in=run_in,
         )
 

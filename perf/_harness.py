@@ -16,6 +16,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from perf import _results
 
@@ -29,6 +30,7 @@ __all__ = [
     "parse_args",
     "run_main",
     "timed",
+    "voluntary_switches",
 ]
 
 
@@ -174,3 +176,15 @@ def background_loop() -> Iterator[asyncio.AbstractEventLoop]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5.0)
         loop.close()
+
+
+def voluntary_switches(native_id: int | None) -> int | None:
+    """Voluntary context switches (wake-ups) of one thread of this process so far; None where
+    there is no Linux ``/proc``."""
+    path = Path(f"/proc/self/task/{native_id}/status")
+    if native_id is None or not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return None

@@ -26,6 +26,9 @@ of work per event, on a LoopThread with metrics, lag monitor and watchdog off
 fresh ``CollectorRegistry``), interleaved, a fresh LoopThread per round, every thread on one CPU
 (see ``perf._harness.one_cpu``).
 
+Then ``lt.channel_from`` on a ``multiprocessing.Queue`` fed by another process, against a 1 ms
+poller and a thread blocked in ``get()`` on the same kind of queue (:mod:`perf._bench_source`).
+
 Run: ``python -m perf.bench_channel [--quick]``.
 """
 
@@ -46,7 +49,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import janus
@@ -54,6 +56,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 import loopthread
+from perf._bench_source import section as source_section
 from perf._harness import (
     Result,
     interleave,
@@ -62,6 +65,7 @@ from perf._harness import (
     overhead_verdict,
     p99,
     run_main,
+    voluntary_switches,
 )
 from perf._results import series
 
@@ -564,16 +568,6 @@ def _latency_percentiles(results: dict[tuple[str, str], list[float]]) -> None:
 # ---------------------------------------------------------------- idle
 
 
-def _switches(native_id: int | None) -> int | None:
-    path = Path(f"/proc/self/task/{native_id}/status")
-    if native_id is None or not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    return None
-
-
 @contextmanager
 def _poller_thread(backoff: bool) -> Iterator[threading.Thread]:
     items: deque[int] = deque()
@@ -601,11 +595,11 @@ def _poller_thread(backoff: bool) -> Iterator[threading.Thread]:
 
 
 def _measure_idle(native_id: int | None, seconds: float) -> tuple[float | None, float]:
-    before = _switches(native_id)
+    before = voluntary_switches(native_id)
     cpu = time.process_time()
     time.sleep(seconds)  # the measurement window: nothing else runs
     cpu = time.process_time() - cpu
-    after = _switches(native_id)
+    after = voluntary_switches(native_id)
     wakeups = None if before is None or after is None else (after - before) / seconds
     return wakeups, cpu / seconds
 
@@ -789,6 +783,7 @@ def report(quick: bool = False) -> str:
             latency = _latency(rig, plan)
             idle = _idle(rig, plan)
             _latency_percentiles(latency)
+            source, source_targets = source_section(rig.lt, quick)
         finally:
             rig.close()
         overhead, pinned = _overhead(plan)
@@ -828,10 +823,13 @@ def report(quick: bool = False) -> str:
             "",
             _overhead_table(overhead),
             "",
+            source,
+            "",
             "### Targets (ratios within this run)",
             "",
             *_targets(fast, work, puts, latency, idle),
             *_overhead_targets(overhead),
+            *source_targets,
             "",
             "Notes:",
             "- every table but the last runs on one LoopThread with the default options "

@@ -29,6 +29,14 @@ from loopthread.structlog import OffloadProcessor, offload
 Configure = Callable[..., OffloadProcessor]
 
 
+@pytest.fixture
+def loop_thread_options() -> dict[str, Any]:
+    """No stall watchdog here: rendering a rich traceback can take longer than slow_callback on
+    a loaded machine, and the ``loop_thread.stalled`` warning would be one more line in the
+    sink these tests count."""
+    return {"name": "test-loop", "slow_callback": None}
+
+
 @pytest.fixture(name="configure")
 def fixture_configure(lt: LoopThread) -> Iterator[Configure]:
     """``configure(*processors, sink=...)``: the documented chain ending with

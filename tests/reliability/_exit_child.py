@@ -31,9 +31,9 @@ from typing import Any
 import loopthread
 from loopthread.logging import LoopHandler
 
-# A hang (seen once in a CI run: the sigterm mode did not exit within 60 s, not reproduced in
-# 80+ runs since) dumps every thread's stack to stderr and exits before the parent's bound, so
-# the failure shows where it stood.
+# A hang dumps every thread's stack to stderr and exits before the parent's bound, so the
+# failure shows where it stood (one CI run of the sigterm mode did not exit within 60 s: the
+# main thread's unbounded wait had slept through the signal, see below).
 faulthandler.dump_traceback_later(45, exit=True)
 
 # loopthread's own events (loop_thread.stopped with its report) on stdout, as a user shows them.
@@ -112,7 +112,14 @@ if mode == "main_raises":
     raise RuntimeError("main failed while producers were running")
 if mode == "sigterm":
     try:
-        threading.Event().wait()  # SIGTERM ends this wait with SystemExit(143)
+        # SIGTERM ends this wait with SystemExit(143). In slices: CPython runs a Python-level
+        # signal handler only when the main thread passes through the eval loop, and a signal
+        # whose C handler ran just before this thread parked in the lock's wait does not wake
+        # it (no EINTR): an unbounded wait() could then sleep through the SIGTERM for ever
+        # (one CI run hung here for 60 s). loopthread's own waits in the main thread are
+        # sliced the same way (loopthread._util.MAIN_SLICE).
+        while True:
+            halt.wait(0.05)
     finally:
         halt.set()
 for t in producers:

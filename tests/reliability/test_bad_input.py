@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
+import queue
 import re
 import signal
 import threading
@@ -257,6 +259,39 @@ BAD_INPUT: list[Case] = [
         lambda lt: lt.stop(timeout="1"),
         TypeError,
         "number of seconds or None",
+    ),
+    # -------------------------------------------------------- channel_from
+    Case(
+        "channel_from(3.5)",
+        lambda lt: lt.channel_from(3.5, handle),
+        TypeError,
+        r"reads a multiprocessing\.Queue or SimpleQueue",
+    ),
+    Case(
+        "channel_from(JoinableQueue)",
+        lambda lt: lt.channel_from(multiprocessing.get_context("spawn").JoinableQueue(), handle),
+        TypeError,
+        r"Use a multiprocessing\.Queue \(and flush\(\) the channel instead of join\(\)\)",
+    ),
+    Case(
+        "channel_from(mp.Queue, framing='lines')",
+        lambda lt: lt.channel_from(
+            multiprocessing.get_context("spawn").Queue(), handle, framing="lines"
+        ),
+        TypeError,
+        r"Leave it out \(decode= replaces pickle\.loads\)",
+    ),
+    Case(
+        "channel_from(queue.Queue, decode=int)",
+        lambda lt: lt.channel_from(queue.Queue(), handle, decode=int),
+        TypeError,
+        "are objects already. Leave them out",
+    ),
+    Case(
+        "channel_from(a Pipe's write end)",
+        lambda lt: lt.channel_from(multiprocessing.Pipe(duplex=False)[1], handle),
+        ValueError,
+        r"pass the reader \(Pipe\(duplex=False\) returns \(reader, writer\)\)",
     ),
     # -------------------------------------------------------- channels
     Case(
