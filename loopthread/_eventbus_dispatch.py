@@ -24,8 +24,10 @@ each call (in order, one at a time).
 
 Contexts: the bus's channel calls the dispatch in a private copy of a run's context (see
 ``_modes``), and no user code runs in that copy itself: each handler call gets a copy of its
-own (``clean.copy()``; an async handler's coroutine is stepped in it, see :func:`_in_context`),
-so a variable a handler sets reaches neither the other handlers of the event nor later events.
+own (``clean.copy()``), so a variable a handler sets reaches neither the other handlers of the
+event nor later events. An async handler's coroutine runs in the Task of the run, as it is
+(a Task per call would double what an async handler costs); one that sets a variable there
+makes the rest of the run step each coroutine in a copy of its own (:func:`_in_context`).
 """
 
 from __future__ import annotations
@@ -132,12 +134,10 @@ class Route:
                         handlers.calls += 1
                         context = clean.copy()
                         pending = context.run(entry.handler, own)
-                        if pending is None:
-                            continue
-                        if type(pending) is CoroutineType:
-                            pending = _in_context(pending, context)
-                        elif not hasattr(pending, "__await__"):
-                            continue
+                        if pending is None or not (
+                            type(pending) is CoroutineType or hasattr(pending, "__await__")
+                        ):
+                            continue  # an awaitable runs in _resume's Task, as the run began
                     else:
                         pending = self._call(entry, own, clean)
                         if pending is None:
@@ -160,7 +160,12 @@ class Route:
         it returned), awaiting what handlers return."""
         handlers = self._handlers
         table, fallback = handlers.table, handlers.fallback
-        clean = contextvars.copy_context()  # this Task's, a private copy no user code runs in
+        # This Task's context, a private copy of the run's, as no handler has touched it. An
+        # async handler's coroutine runs in the Task's context itself (no Task per call): if
+        # one sets a variable there, the rest of the run is `dirty` and each coroutine after
+        # it is stepped in a copy of `clean` of its own (_in_context).
+        clean = contextvars.copy_context()
+        dirty = False
         size = len(batch)
         while True:
             event = batch[position]
@@ -168,7 +173,7 @@ class Route:
                 entry = entries[index]
                 own = event if index == len(entries) - 1 else dict(event)
                 try:
-                    pending = self._call(entry, own, clean)
+                    pending = self._call(entry, own, clean, dirty)
                 except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
                     self._failed(event, entry, exc)
             if pending is not None:
@@ -186,6 +191,8 @@ class Route:
                 except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
                     self._failed(event, entries[index], exc)
                 pending = None
+                if not dirty:
+                    dirty = contextvars.copy_context() != clean  # O(1) while unchanged
                 # Handlers registered while this one ran see the events dispatched after it.
                 table, fallback = handlers.table, handlers.fallback
             index += 1
@@ -201,10 +208,11 @@ class Route:
                     handlers.unknown += 1
 
     def _call(
-        self, entry: Entry, event: Event, clean: contextvars.Context
+        self, entry: Entry, event: Event, clean: contextvars.Context, dirty: bool = False
     ) -> Awaitable[object] | None:
         """Hand ``event`` to one handler, in a copy of ``clean``; return what must be awaited
-        (None: done).
+        (None: done). ``dirty``: the calling Task's context is not ``clean`` any more (see
+        _resume), so nothing may run in it.
 
         Raises:
             whatever the handler raises.
@@ -217,8 +225,12 @@ class Route:
             if lane is None:  # the LoopThread stops: no lane can be opened any more
                 return self._in_worker(entry, event, clean)
             if lane.depth >= self._maxsize:  # full: wait for room rather than go past it
-                return lane.aput(event)
-            lane.put(event)
+                room = lane.aput(event)
+                return _in_context(room, clean.copy()) if dirty else room
+            if dirty:
+                clean.copy().run(lane.put, event)
+            else:
+                lane.put(event)
             return None
         self._handlers.calls += 1
         context = clean.copy()
@@ -226,7 +238,7 @@ class Route:
         if result is None:
             return None
         if type(result) is CoroutineType:
-            return _in_context(result, context)
+            return _in_context(result, context) if dirty else result
         return result if hasattr(result, "__await__") else None
 
     def _in_worker(

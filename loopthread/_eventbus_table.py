@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from types import CoroutineType
 from typing import Any
 
-from loopthread._channel._worker import finish_item
+from loopthread._channel._worker import current_job
 from loopthread._log import RateLimiter, logger
 from loopthread._process import fork_safe_lock
 from loopthread._validate import check_choice, is_async_callable
@@ -108,11 +108,12 @@ class Handlers:
         """The lane's channel handler: ``handler`` for each event, each fault isolated, each
         call in a copy of its own of the events' context (in an executor worker). Event by
         event, so that a call given up on at a deadline stops after the event it is in and
-        counts no event both handled and unhandled (``finish_item``)."""
+        counts no event both handled and unhandled (``current_job``)."""
 
         def call_each(events: list[Event]) -> None:
             calls = failures = 0
             clean = contextvars.copy_context()  # the events' (a private copy): one per call
+            job = current_job()  # None in the lane-less call of a stopping loop
             try:
                 for event in events:
                     calls += 1
@@ -130,8 +131,11 @@ class Handlers:
                     except BaseException as exc:  # noqa: BLE001 - isolated, counted, logged
                         failures += 1
                         self.failed(event["type"], handler, exc)
-                    if not finish_item():
-                        return  # given up on: the rest was counted as unhandled
+                    if job is not None:
+                        job.done += 1
+                        if job.stop:  # given up on: the rest is counted as unhandled
+                            job.halted = True
+                            return
             finally:
                 with self._count_lock:
                     self.lane_calls += calls

@@ -26,9 +26,9 @@ How an item travels (why it is not one janus ``put``/``get`` per item):
 The bound ``maxsize`` is checked, not reserved: producers racing past the check together may
 overshoot it by at most one item each (``stats().high_water`` shows it), and ``"block"`` puts
 from the loop thread (or from an executor handler the consumer waits for) are admitted past
-it (``stats().over_limit``). Counters written by
-several producer threads are ``itertools.count`` objects (``next()`` is one atomic C call);
-the consumer's counters are plain ints written by the loop thread only.
+it (``stats().over_limit``). Counters written by several threads are ``itertools.count``
+objects (``next()`` is one atomic C call); the consumer's counters are plain ints written by
+the loop thread only.
 
 Free-threaded Python (3.13t+): the deque and list operations stay atomic there (per-object
 locks), but the wake-up handshakes below (park vs append, ``_closed`` vs park, ``_blocked`` vs

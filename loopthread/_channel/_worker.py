@@ -11,7 +11,7 @@ stop (:class:`Job`), given a moment (half the channel's grace) to finish the ite
 what was not finished counts as unhandled. Whatever it finishes before that count is handled;
 nothing it does after the count is taken runs a further item of the adapted handlers here
 (the runs of a ``context="producer"`` handler, the event bus's lanes, which finish event by
-event: :func:`finish_item`), so an item is never both handled and counted unhandled, but for
+event: :func:`current_job`), so an item is never both handled and counted unhandled, but for
 one still running when the moment is over. A plain ``context="empty"`` handler is one call:
 its items, but those it deleted from ``batch``, count as unhandled unless it returned in that
 moment. The executor's bounded join at stop deals with a worker that never returns.
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from loopthread._channel._base import ChannelBase
 
 __all__ = [
-    "finish_item",
+    "Job",
+    "current_job",
     "in_executor",
     "in_handler_fed_by",
     "run_as_handler_of",
@@ -55,50 +56,42 @@ _worker = threading.local()
 class Job:
     """One executor call of a channel's handler, shared by its worker and the consumer.
 
-    The worker deletes the items it finished from the front of ``batch``, under ``lock``,
-    until the consumer ``sealed`` the call (counted what is left); ``stop`` asks it to take no
-    further item. The lock is an executor worker's and the loop thread's only (no signal
-    handler runs in either), each holding it for a list deletion or a store.
+    The worker counts in ``done`` the items of ``batch`` it finished, from the front (only it
+    writes it), and reads ``stop``: the consumer gave up on the call, take no further item
+    (then it sets ``halted``). The consumer, having given up, counts once (``give_up``): the
+    first ``done`` items were handled, the rest were not. No lock: one writer per field, and
+    an item the worker finishes in the instant between the count and its next look at
+    ``stop`` counts as unhandled, as it would with a lock (the call was running at the count).
     """
 
-    __slots__ = ("batch", "halted", "lock", "sealed", "stop")
+    __slots__ = ("batch", "done", "halted", "stop")
 
     def __init__(self, batch: list[Any]) -> None:
         self.batch = batch
-        self.lock = threading.Lock()
-        self.sealed = False
+        self.done = 0
         self.stop = False
-        self.halted = False  # the worker was told to take no further item (worker only)
-
-    def finished(self, count: int) -> bool:
-        """The first ``count`` items of the batch are done; False: take no further item."""
-        with self.lock:
-            if not self.sealed:
-                del self.batch[:count]
-            go_on = not (self.sealed or self.stop)
-        self.halted = not go_on
-        return go_on
+        self.halted = False
 
     async def give_up(self, future: asyncio.Future[None], grace: float) -> None:
         """On the loop: stop the worker after its current item, wait ``grace`` at most for
-        it, then count (seal). Never raises CancelledError: stop() cancels the consumer again
-        when its own wait for it is cut, and this wait is bounded anyway."""
-        with self.lock:
-            self.stop = True
+        it, then take what it finished out of the batch (the consumer counts the rest as
+        unhandled). Never raises CancelledError: stop() cancels the consumer again when its
+        own wait for it is cut, and this wait is bounded anyway."""
+        self.stop = True
         loop = asyncio.get_running_loop()
         until = loop.time() + grace
         while not future.done() and (left := until - loop.time()) > 0:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({future}, timeout=left)
-        with self.lock:
-            self.sealed = True
-            if (
-                future.done()
-                and not future.cancelled()
-                and future.exception() is None
-                and not self.halted
-            ):
-                self.batch.clear()  # the call ran to its end meanwhile: all of it went through
+        if (
+            future.done()
+            and not future.cancelled()
+            and future.exception() is None
+            and not self.halted
+        ):
+            self.batch.clear()  # the call ran to its end meanwhile: all of it went through
+        else:
+            del self.batch[: self.done]
 
 
 def running_in_executor_for(channel: object) -> bool:
@@ -130,12 +123,11 @@ def run_as_handler_of(channel: ChannelBase[Any], fn: Callable[[T], None], arg: T
         _worker.channel = previous
 
 
-def finish_item() -> bool:
-    """For a handler that works item by item in an executor worker (the event bus's lanes):
-    its first unfinished item is done. False: the call was given up on, take no further
-    item. Outside a channel's executor call it does nothing (True)."""
-    job: Job | None = getattr(_worker, "job", None)
-    return True if job is None else job.finished(1)
+def current_job() -> Job | None:
+    """In an executor worker, the :class:`Job` of the channel handler call it runs (None
+    elsewhere): for a handler that works item by item (the event bus's lanes) to count each
+    item done (``job.done += 1``) and stop when ``job.stop`` (setting ``job.halted``)."""
+    return getattr(_worker, "job", None)
 
 
 def runs_in_worker(handler: Handler) -> Callable[[list[Any]], None]:
@@ -148,7 +140,7 @@ def runs_in_worker(handler: Handler) -> Callable[[list[Any]], None]:
         first: BaseException | None = None
         for ctx, items in list(runs(batch)):
             size = len(items)
-            before = len(batch)
+            before = 0 if job is None else job.done
             try:
                 result = ctx.copy().run(handler, items)  # a copy: the snapshot is shared
                 if is_awaitable(result):
@@ -156,12 +148,13 @@ def runs_in_worker(handler: Handler) -> Callable[[list[Any]], None]:
             except BaseException as exc:  # noqa: BLE001 - one run's fault is its own
                 failed += size
                 first = first if first is not None else exc
-            if job is not None and job.halted:
-                return  # it stopped part way when told to: what is left is counted unhandled
-            left = size - (before - len(batch))  # what the handler did not finish itself
             if job is None:
-                del batch[:left]
-            elif not job.finished(left):
+                continue
+            if job.halted:
+                return  # it stopped part way when told to: what is left is counted unhandled
+            job.done = before + size  # the run is done (an item-by-item handler counted it)
+            if job.stop:
+                job.halted = True
                 return  # given up on: what is left is counted unhandled
         if first is not None:
             raise PartialFailure(failed, first)
