@@ -132,8 +132,9 @@ class Route:
                 try:
                     if entry.lane is None:  # _call, inline: the common case, once per handler
                         handlers.calls += 1
-                        context = clean.copy()
-                        pending = context.run(entry.handler, own)
+                        if entry.coroutine:  # runs no code of its own: _resume steps it
+                            return self._resume(batch, position, index, entries, entry.handler(own))
+                        pending = clean.copy().run(entry.handler, own)
                         if pending is None or not (
                             type(pending) is CoroutineType or hasattr(pending, "__await__")
                         ):
@@ -218,21 +219,11 @@ class Route:
             whatever the handler raises.
         """
         if entry.lane is not None:
-            # Put on the loop, in this event's context: the lane keeps that context with it.
-            lane = self._lanes.get(entry.lane)
-            if lane is None:
-                lane = self._open(entry.lane)
-            if lane is None:  # the LoopThread stops: no lane can be opened any more
-                return self._in_worker(entry, event, clean)
-            if lane.depth >= self._maxsize:  # full: wait for room rather than go past it
-                room = lane.aput(event)
-                return _in_context(room, clean.copy()) if dirty else room
-            if dirty:
-                clean.copy().run(lane.put, event)
-            else:
-                lane.put(event)
-            return None
+            return self._to_lane(entry, event, clean, dirty)
         self._handlers.calls += 1
+        if entry.coroutine:  # calling it runs none of its code: no context needed for that
+            coroutine: Coroutine[Any, Any, object] = entry.handler(event)  # type: ignore[assignment]
+            return _in_context(coroutine, clean.copy()) if dirty else coroutine
         context = clean.copy()
         result = context.run(entry.handler, event)
         if result is None:
@@ -240,6 +231,26 @@ class Route:
         if type(result) is CoroutineType:
             return _in_context(result, context) if dirty else result
         return result if hasattr(result, "__await__") else None
+
+    def _to_lane(
+        self, entry: Entry, event: Event, clean: contextvars.Context, dirty: bool
+    ) -> Awaitable[object] | None:
+        """Put ``event`` into ``entry``'s lane on the loop, in this event's context (the lane
+        keeps it with the event); what to await if the lane is full or cannot be opened."""
+        assert entry.lane is not None
+        lane = self._lanes.get(entry.lane)
+        if lane is None:
+            lane = self._open(entry.lane)
+        if lane is None:  # the LoopThread stops: no lane can be opened any more
+            return self._in_worker(entry, event, clean)
+        if lane.depth >= self._maxsize:  # full: wait for room rather than go past it
+            room = lane.aput(event)
+            return _in_context(room, clean.copy()) if dirty else room
+        if dirty:
+            clean.copy().run(lane.put, event)
+        else:
+            lane.put(event)
+        return None
 
     def _in_worker(
         self, entry: Entry, event: Event, clean: contextvars.Context

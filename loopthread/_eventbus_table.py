@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Callable
-from types import CoroutineType
+from inspect import CO_COROUTINE
+from types import CoroutineType, FunctionType
 from typing import Any
 
 from loopthread._channel._worker import current_job
@@ -25,13 +26,21 @@ Handler = Callable[[Event], Awaitable[object] | None]
 
 
 class Entry:
-    """One registered handler; ``lane`` is its executor lane's number (None: on the loop)."""
+    """One registered handler; ``lane`` is its executor lane's number (None: on the loop).
 
-    __slots__ = ("handler", "lane")
+    ``coroutine``: calling it only makes a coroutine (an ``async def`` function or method),
+    so the call needs no context of its own: only the coroutine's steps run its code.
+    """
+
+    __slots__ = ("coroutine", "handler", "lane")
 
     def __init__(self, handler: Handler, lane: int | None) -> None:
         self.handler = handler
         self.lane = lane
+        function = getattr(handler, "__func__", handler)  # a bound method's function
+        self.coroutine = isinstance(function, FunctionType) and bool(
+            function.__code__.co_flags & CO_COROUTINE
+        )
 
 
 def _is_awaitable(result: object) -> bool:
