@@ -114,7 +114,7 @@ def test_executor_handler_publishing_into_its_full_bus_does_not_deadlock(lt: Loo
     bus = EventBus(lt, maxsize=2)
     entered = threading.Event()
     gate = threading.Event()
-    saved: list[int] = []
+    saved: testing.Recorder[Event] = testing.Recorder()
 
     def save(event: Event) -> None:
         if event["n"] == 0:
@@ -124,7 +124,7 @@ def test_executor_handler_publishing_into_its_full_bus_does_not_deadlock(lt: Loo
             bus.publish({"type": "saved", "n": event["n"] * 10 + k})
 
     bus.on("order", save, run_in="executor")
-    bus.on("saved", lambda event: saved.append(event["n"]))
+    bus.on("saved", saved.event)
     # 5 orders fill the lane (one call in flight, 2 waiting) and hold the dispatch at the
     # next one: then the bus's channel is not drained until the handler returns.
     producer = threading.Thread(
@@ -135,8 +135,10 @@ def test_executor_handler_publishing_into_its_full_bus_does_not_deadlock(lt: Loo
     producer.join(10)
     assert not producer.is_alive()
     gate.set()
+    # The follow-ups are published while the bus is flushed: wait for them, then flush.
+    got = sorted(event["n"] for event in saved.wait_for(20, timeout=5))
+    assert got == [n * 10 + k for n in range(5) for k in range(4)]
     assert bus.flush(timeout=5)
-    assert sorted(saved) == [n * 10 + k for n in range(5) for k in range(4)]
     stats = bus.stats().channel
     assert stats is not None
     assert stats.over_limit >= 1
