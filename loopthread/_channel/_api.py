@@ -253,12 +253,13 @@ class Channel(Producer[T]):
         """Stop accepting items, handle what is queued, stop the consumer. Idempotent.
 
         Bounded by ``timeout`` (None: as long as it takes): at the deadline the handler call
-        running is cancelled and whatever is left is counted in ``stats().unhandled`` and
-        logged. Called on the loop thread, it stops accepting at once and drains in the
-        background (use ``await ch.aclose()`` to wait there); so it does inside the channel's
-        own executor handler (the drain waits for that call to return) or that of a channel
-        that drains after this one. While the LoopThread is stopping it waits for that stop
-        to drain the channel; once it stopped, it returns at once.
+        running is cancelled (one in the executor is given half the grace to finish the item
+        it is in) and whatever is left is counted in ``stats().unhandled`` and logged. Called
+        on the loop thread, it stops accepting at once and drains in the background (use
+        ``await ch.aclose()`` to wait there); so it does inside the channel's own executor
+        handler (the drain waits for that call to return) or that of a channel that drains
+        after this one. While the LoopThread is stopping it waits for that stop to drain the
+        channel; once it stopped, it returns at once.
 
         Raises:
             TypeError, ValueError: ``timeout`` is not a non-negative number or None.
