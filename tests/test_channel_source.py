@@ -163,6 +163,53 @@ def test_connection_objects_and_eof_close_the_channel(
         ch.put({"late": True})
 
 
+def test_a_source_closed_by_the_user_is_never_read_through_a_reused_fd(
+    lt: LoopThread, pipe: tuple[Connection, Connection]
+) -> None:
+    """The user closes the Connection (its writer still open) and a new pipe takes its fd
+    number: flush() reads none of the new pipe's bytes; the channel notices the close, logs
+    it and closes itself (ended "closed") after what the source held."""
+    reader, writer = pipe
+    rec: testing.Recorder[Any] = testing.Recorder()
+    ch = lt.channel_from(reader, rec, decode=bytes)
+    writer.send_bytes(b"one")
+    assert ch.flush(timeout=5)
+    old_fd = reader.fileno()
+    reader.close()
+    read_fd, write_fd = os.pipe()
+    try:
+        assert read_fd == old_fd  # the lowest free number: the source's
+        os.write(write_fd, b"\x00\x00\x00\x05hello")
+        with structlog.testing.capture_logs() as logs:
+            assert ch.flush(timeout=5)
+            ch.close(timeout=5)
+        assert rec.items == [b"one"]
+        assert os.read(read_fd, 100) == b"\x00\x00\x00\x05hello"  # still the user's
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    stats = ch.stats()
+    assert (stats.ended, stats.closed, stats.handled, stats.unreadable) == ("closed", True, 1, 0)
+    assert [e["event"] for e in logs].count("channel.source_closed") == 1
+
+
+def test_the_reading_process_closing_its_queue_loses_nothing(lt: LoopThread) -> None:
+    """This process puts into the mp.Queue it reads, then q.close(); q.join_thread() (which
+    closes the queue's read end here): every item is still handled, then the EOF closes the
+    channel."""
+    q: multiprocessing.Queue[int] = multiprocessing.Queue()
+    rec: testing.Recorder[int] = testing.Recorder()
+    ch = lt.channel_from(q, rec)
+    for i in range(100):
+        q.put(i)
+    q.close()
+    q.join_thread()
+    assert rec.wait_for(100) == list(range(100))
+    ch.close(timeout=5)
+    stats = ch.stats()
+    assert (stats.ended, stats.handled, stats.unhandled) == ("eof", 100, 0)
+
+
 def test_pipe_lines_with_decode_and_a_last_unterminated_line(lt: LoopThread) -> None:
     """framing="lines" on an os.pipe fd: one item per line (decoded), the line split across
     writes reassembled, and the last line without a newline delivered at EOF."""

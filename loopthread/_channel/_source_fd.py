@@ -17,6 +17,7 @@ error) stops the reading and closes the channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -67,6 +68,7 @@ class FdReader(FdReading):
         if self._done:
             resolve()
             return
+        self._check_source()
         try:
             target = self._bytes + self._available()
         except OSError:
@@ -160,6 +162,7 @@ class FdReader(FdReading):
         self._done = True
         self.ended = reason
         self._unwatch()
+        self._close_fd()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -201,6 +204,8 @@ class FdReader(FdReading):
         self.ended = "forked"
         self._locked = False
         self._watching = False
+        with contextlib.suppress(OSError):  # the duplicate came with the fork: not read here
+            self._close_fd()
         self._marks = []
         self._pending = set()
         self._pending_lock = threading.Lock()
