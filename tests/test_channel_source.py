@@ -794,6 +794,80 @@ def test_another_reader_holding_the_read_lock_backs_off_without_spinning(lt: Loo
     assert any(e["event"] == "channel.source_contended" for e in logs)
 
 
+def returns_within(call: Any, seconds: float) -> bool:
+    """Whether ``call()`` (one that may block forever) returned within ``seconds``."""
+    done = threading.Event()
+
+    def run() -> None:
+        call()
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(seconds)
+
+
+def test_a_flush_is_done_when_another_reader_took_what_the_pipe_held(lt: LoopThread) -> None:
+    """What the pipe held at the flush is taken by another reader (holding the queue's read
+    lock, as its get() does): the flush returns once the pipe is empty, it does not wait for
+    bytes it will never read."""
+    q = SPAWN.SimpleQueue()
+    rec: testing.Recorder[int] = testing.Recorder()
+    read_lock: Any = q._rlock  # type: ignore[attr-defined]
+    with structlog.testing.capture_logs():  # the contention warnings
+        ch = lt.channel_from(q, rec)
+
+        async def start_flush() -> asyncio.Task[bool]:
+            task = asyncio.ensure_future(ch.aflush())
+            await asyncio.sleep(0)  # its first step took the pipe's byte count
+            return task
+
+        async def result(task: asyncio.Task[bool]) -> bool:
+            return await task
+
+        read_lock.acquire()
+        try:
+            q.put(1)
+            q.put(2)
+            task = lt.run(start_flush())
+            other = [pickle.loads(q._reader.recv_bytes()) for _ in range(2)]  # type: ignore[attr-defined]
+        finally:
+            read_lock.release()
+        assert lt.run(result(task), timeout=10) is True
+        ch.close(timeout=5)
+    assert (other, rec.items, ch.stats().ended) == ([1, 2], [], "closed")
+
+
+def test_flush_and_close_with_another_process_reading_the_queue(lt: LoopThread) -> None:
+    """Another process also reads the queue (blocked in get(), it holds the read lock most
+    of the time): flush() and close() without a timeout still return once the pipe was
+    emptied, whoever read it; each item went to exactly one of the two readers."""
+    q = SPAWN.SimpleQueue()
+    out = SPAWN.SimpleQueue()
+    ready = SPAWN.Event()
+    rec: testing.Recorder[int] = testing.Recorder()
+    with structlog.testing.capture_logs():  # the contention warnings
+        ch = lt.channel_from(q, rec)
+        other = SPAWN.Process(target=_source_workers.count_until_none, args=(q, out, ready))
+        other.start()
+        try:
+            assert ready.wait(60)
+            for _ in range(5):
+                for i in range(1000):
+                    q.put(i)
+                assert returns_within(ch.flush, 10)
+            assert returns_within(ch.close, 10)
+            q.put(None)
+            other.join(30)
+            assert other.exitcode == 0
+            taken = out.get()
+        finally:
+            if other.is_alive():
+                other.kill()
+    stats = ch.stats()
+    assert (stats.ended, stats.unhandled) == ("closed", 0)
+    assert taken + stats.handled == 5000
+
+
 # ---------------------------------------------------------------- fork, processes
 
 

@@ -92,6 +92,16 @@ class FdReader(FdReading):
         if target is not None and self._bytes >= target and self._framer.needed() in (0, None):
             self._finish("closed")
 
+    def _drained(self) -> None:
+        """The fd was seen empty: every byte it held when a flush or close was called was
+        read, by us or by another reader of the queue (which bytes we will never count)."""
+        marks, self._marks = self._marks, []
+        for _, resolve in marks:
+            resolve()
+        if self._stop_target is not None:
+            self._stop_target = min(self._stop_target, self._bytes)
+            self._check_marks()
+
     async def stop(self, deadline: float) -> None:
         """Read what the fd holds now and the rest of the frame being read, then unwatch it.
         By ``deadline``; idempotent; on the loop."""

@@ -177,6 +177,7 @@ class FdReading:
                 return
             if data is None:
                 self._release_lock()
+                self._maybe_drained()
             elif not data:
                 self._end("eof")
             else:
@@ -187,6 +188,7 @@ class FdReading:
         if lock is None or self._locked:
             return True
         if not lock.acquire(False):
+            self._maybe_drained()  # another reader may have taken what a flush waits for
             self._contended()
             return False
         self._locked = True
@@ -293,10 +295,26 @@ class FdReading:
 
     def _rearm(self) -> None:
         self._retry = None
+        self._maybe_drained()
         if not self._paused:
             self._watch()
 
+    def _maybe_drained(self) -> None:
+        """A flush or close waits and the fd holds nothing: what it held at their call was
+        consumed (by us or by another reader of the queue), so they are done."""
+        if self._done or (not self._marks and self._stop_target is None):
+            return
+        try:
+            empty = self._available() == 0
+        except OSError:
+            return
+        if empty:
+            self._drained()
+
     # The lifecycle's part (FdReader).
+
+    def _drained(self) -> None:  # pragma: no cover - overridden by FdReader
+        raise NotImplementedError
 
     def _check_marks(self) -> None:  # pragma: no cover - overridden by FdReader
         raise NotImplementedError
