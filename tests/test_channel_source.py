@@ -394,6 +394,24 @@ def test_close_reads_what_the_source_holds_then_leaves_the_rest(
     assert reader.recv() == "after"
 
 
+def test_close_without_timeout_ends_on_a_message_whose_rest_never_comes(
+    lt: LoopThread, pipe: tuple[Connection, Connection]
+) -> None:
+    """A writer died in the middle of a message (the pipe holds its first bytes, the writer
+    end stays open: no EOF): close() without a timeout still returns, the partial message is
+    counted unreadable."""
+    reader, writer = pipe
+    rec: testing.Recorder[bytes] = testing.Recorder()
+    ch = lt.channel_from(reader, rec, decode=bytes)
+    writer.send_bytes(b"whole")
+    os.write(writer.fileno(), (100).to_bytes(4, "big") + b"first bytes")  # 11 of 100
+    with structlog.testing.capture_logs() as logs:
+        assert returns_within(ch.close, 10)
+    stats = ch.stats()
+    assert (rec.items, stats.unreadable, stats.ended) == ([b"whole"], 1, "closed")
+    assert any(e["event"] == "channel.source_unreadable" for e in logs)
+
+
 def test_stop_reads_the_source_and_drains(pipe: tuple[Connection, Connection]) -> None:
     """LoopThread.stop() reads what the source holds, handles it, and reports 0 unhandled."""
     reader, writer = pipe

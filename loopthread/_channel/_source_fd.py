@@ -9,8 +9,10 @@ parked: a sync handler gets the batch in the same callback. How it reads (the qu
 lock, back-pressure, EOF): :mod:`._source_fd_read`.
 
 This module is the lifecycle: ``flush()`` asks how many bytes the fd holds at that moment and
-waits until they were read (:meth:`FdReader.mark`); ``close()`` does the same, then completes
-the frame being read, and unwatches the fd (:meth:`FdReader.stop`); the source's end (EOF, an
+waits until they were read (:meth:`FdReader.mark`) or the fd was seen empty (another reader
+of the queue took them); ``close()`` does the same, then completes the frame being read (or,
+when its rest stops coming for :data:`STALL` seconds, a writer killed mid-message, counts it
+unreadable), and unwatches the fd (:meth:`FdReader.stop`); the source's end (EOF, an
 error) stops the reading and closes the channel.
 """
 
@@ -24,7 +26,11 @@ from collections.abc import Callable
 from loopthread._channel._source_fd_read import FdReading
 from loopthread._util import INF, Latch, remaining, wait_arg
 
-__all__ = ["FdReader"]
+__all__ = ["STALL", "FdReader"]
+
+#: Closing, the bytes present at the call read: how long the rest of a frame may take to come
+#: (each read of it starts anew) before the partial frame is counted unreadable.
+STALL = 1.0
 
 
 class FdReader(FdReading):
@@ -89,8 +95,13 @@ class FdReader(FdReading):
                 for _, resolve in ready:
                     resolve()
         target = self._stop_target
-        if target is not None and self._bytes >= target and self._framer.needed() in (0, None):
-            self._finish("closed")
+        if target is not None and self._bytes >= target:
+            if self._framer.needed() in (0, None):
+                self._finish("closed")
+            else:  # the frame's rest: while it keeps coming (a killed writer's never does)
+                if self._stall is not None:
+                    self._stall.cancel()
+                self._stall = self._ch._loop.call_later(STALL, self._finish, "closed")
 
     def _drained(self) -> None:
         """The fd was seen empty: every byte it held when a flush or close was called was
@@ -103,7 +114,8 @@ class FdReader(FdReading):
             self._check_marks()
 
     async def stop(self, deadline: float) -> None:
-        """Read what the fd holds now and the rest of the frame being read, then unwatch it.
+        """Read what the fd holds now and the rest of the frame being read (unless it stalls:
+        counted unreadable), then unwatch it.
         By ``deadline``; idempotent; on the loop."""
         if self._done:
             return
@@ -176,6 +188,9 @@ class FdReader(FdReading):
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         rest = self._framer.take_rest()
         if rest and reason == "eof" and self._rest_is_frame:
             self._deliver([rest])

@@ -83,6 +83,7 @@ class FdReading:
         self._watching = False
         self._paused = False  # unwatched until the consumer makes room
         self._retry: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # closing: the rest of a frame is late
         self._backoff = BACKOFF_FIRST
         self._done = False  # reading is over (see ``ended``); set on the loop
         self.ended: str | None = None
