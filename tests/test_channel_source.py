@@ -555,6 +555,35 @@ class FlakyQueue(queue.Queue[Any]):
         return item
 
 
+class InterruptedPut(queue.Queue[Any]):
+    """A queue.Queue whose next put() is interrupted by Ctrl-C, once armed."""
+
+    interrupt_next = False
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if self.interrupt_next:
+            self.interrupt_next = False
+            raise KeyboardInterrupt
+        super().put(item, block, timeout)
+
+
+def test_ctrl_c_in_close_of_a_queue_lets_the_next_close_stop_the_thread(lt: LoopThread) -> None:
+    """Ctrl-C while close() puts its stop into the queue: nothing was put, so the next
+    close() (no timeout) puts it, the thread ends and the close returns."""
+    q = InterruptedPut()
+    rec: testing.Recorder[int] = testing.Recorder()
+    ch = lt.channel_from(q, rec, name="ctrl-c")
+    put_and_flush(ch, rec, q.put, 3)
+    (pump,) = [t for t in threading.enumerate() if t.name.endswith("-source-ctrl-c")]
+    q.interrupt_next = True
+    with pytest.raises(KeyboardInterrupt):
+        ch.close()
+    assert returns_within(ch.close, 10)
+    assert (ch.stats().ended, ch.stats().handled) == ("closed", 3)
+    pump.join(10)
+    assert not pump.is_alive()
+
+
 def test_queue_get_failures_are_counted_and_skipped(lt: LoopThread) -> None:
     """get() raising is an unreadable item: counted, logged, the reading goes on."""
     q = FlakyQueue()

@@ -88,6 +88,7 @@ class QueuePump:
         self._on_exit: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self._stop_sent = False
+        self._stop_lock = threading.Lock()  # one stop put at a time
         self.ended: str | None = None
         self.reads = 0
         self.unreadable = 0
@@ -213,9 +214,11 @@ class QueuePump:
         return await asyncio.get_running_loop().run_in_executor(None, self.mark, timeout)
 
     def _request_stop(self, deadline: float) -> None:
-        if not self._stop_sent:
-            self._stop_sent = True
-            self._send(STOP, 0, remaining(deadline))
+        # Sent once: marked only once the stop is in the queue (a put cut short by its
+        # timeout or by Ctrl-C sent nothing, and the next close() tries again).
+        with self._stop_lock:
+            if not self._stop_sent and self._send(STOP, 0, remaining(deadline)):
+                self._stop_sent = True
 
     def close_from_thread(self, deadline: float) -> None:
         """From a thread other than the loop's: stop the thread after what the source holds
@@ -250,12 +253,13 @@ class QueuePump:
         if not on_loop_thread and not self._exited.is_set() and self._thread is not None:
             with contextlib.suppress(Exception):
                 if not self._stop_sent:
-                    self._stop_sent = True
                     self._source.put_nowait(Control(STOP, self._token, 0))
+                    self._stop_sent = True
 
     def after_fork_in_child(self) -> None:
         """The thread is the parent's."""
         self._lock = threading.Lock()
+        self._stop_lock = threading.Lock()
         self._marks = {}
         self._on_exit = []
         self._exited = Latch()
