@@ -555,6 +555,32 @@ class FlakyQueue(queue.Queue[Any]):
         return item
 
 
+def test_timed_out_flush_and_close_leave_no_marker_in_a_queue(lt: LoopThread, held: Held) -> None:
+    """A flush and a close that time out while the thread is behind put their markers into the
+    queue.Queue: once the thread ended, they are gone from it (the user finds its own items
+    only), and every item the thread took is counted in put, handled or unhandled."""
+    q: queue.Queue[int] = queue.Queue()
+    ch = lt.channel_from(q, held, maxsize=1, name="markers")
+    (pump,) = [t for t in threading.enumerate() if t.name.endswith("-source-markers")]
+    held.hold()
+    for i in range(10):
+        q.put(i)
+    assert held.entered.wait(10)
+    with structlog.testing.capture_logs():
+        assert not ch.flush(timeout=0.2)  # held: the bound, not a sleep
+        ch.close(timeout=0.2)
+    held.released.set()
+    pump.join(10)
+    assert not pump.is_alive()
+    left = []
+    while not q.empty():
+        left.append(q.get_nowait())
+    stats = ch.stats()
+    assert left == list(range(stats.put, 10))
+    assert stats.put == stats.handled + stats.failed + stats.unhandled
+    assert stats.unhandled > 0
+
+
 class InterruptedPut(queue.Queue[Any]):
     """A queue.Queue whose next put() is interrupted by Ctrl-C, once armed."""
 

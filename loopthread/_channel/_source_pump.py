@@ -18,6 +18,8 @@ queue itself, with :class:`Control` items the thread takes out of the stream:
 Both are the reason the channel must be the queue's only reader: another reader would get
 them. A control item of another channel (a stop left behind by one whose close hit its
 deadline) is skipped. They pickle by reference, so they travel through manager proxies too.
+Once the thread ended, the ones it left (a flush or close that timed out) are taken out of a
+``queue.Queue`` again (:meth:`QueuePump._purge`); other sources keep them.
 """
 
 from __future__ import annotations
@@ -170,10 +172,30 @@ class QueuePump:
             self._exited.set()
         for latch in marks:
             latch.set()
+        self._purge()
         for callback in callbacks:
             callback()
         if reason != "closed":
             self._ch._source_ended_threadsafe(reason, error)
+
+    def _purge(self) -> None:
+        """The thread ended: take this channel's marks and stops still queued (a flush or
+        close that timed out) out of a ``queue.Queue``, under its own mutex, as get() would
+        (with their task_done()). Other sources keep them: a channel_from reader skips them."""
+        source = self._source
+        if not isinstance(source, queue.Queue) or isinstance(source, queue.PriorityQueue):
+            return
+        token = self._token
+        with source.mutex:
+            items = source.queue
+            mine = [x for x in items if type(x) is Control and x.owner == token]
+            for control in mine:
+                items.remove(control)
+            if mine:
+                source.not_full.notify(len(mine))
+                source.unfinished_tasks = max(0, source.unfinished_tasks - len(mine))
+                if source.unfinished_tasks == 0:
+                    source.all_tasks_done.notify_all()
 
     # ---------------------------------------------------------------- flush and stop
 
@@ -189,6 +211,8 @@ class QueuePump:
         except Exception as exc:  # noqa: BLE001 - a source that refuses puts: logged
             self._ch._log("channel.source_put_failed", level="error", error=describe(exc))
             return False
+        if self._exited.is_set():  # the thread ended meanwhile: nobody will take it out
+            self._purge()
         return True
 
     def mark(self, timeout: float | None) -> bool:
