@@ -741,6 +741,11 @@ def test_bad_sources_and_options_fail_at_the_call(
         lt.channel_from(read_fd, handle)
     with socket.socket() as sock, pytest.raises(ValueError, match="framing must be"):
         lt.channel_from(sock, handle, framing="json")
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        pytest.raises(TypeError, match="create_datagram_endpoint"),
+    ):
+        lt.channel_from(udp, handle)
 
     async def an_asyncio_queue() -> asyncio.Queue[int]:
         return asyncio.Queue()

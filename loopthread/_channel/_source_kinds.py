@@ -179,6 +179,12 @@ def _stream(source: Any, framing: str | None, decode: object) -> Plan:
             "an ssl.SSLSocket carries encrypted bytes and buffers decrypted ones in Python: "
             "read it with asyncio streams (asyncio.open_connection(ssl=...)) instead."
         )
+    if isinstance(source, socket.socket) and source.type == socket.SOCK_DGRAM:
+        raise TypeError(
+            "a datagram (UDP) socket has no stream to frame, and an empty datagram would read "
+            "as EOF: read it with loop.create_datagram_endpoint() and put() each datagram "
+            "into a channel."
+        )
     fd = source if isinstance(source, int) else _fileno(source, kind)
     try:
         mode = os.fstat(fd).st_mode
