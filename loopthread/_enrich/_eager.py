@@ -4,11 +4,12 @@ Design notes (why it is built this way):
 
 * Enrichers start eagerly: the chain runs each one's first step itself, in the chain's task, and
   most quick enrichers (a cache hit) finish right there, with no Task, no timer and no loop
-  iteration. Only an enricher that awaits gets its deadline armed (``asyncio.timeout_at``,
-  counted from its start). In parallel mode, at the first enricher that awaits, every enricher
-  after it gets its own Task and the chain's task carries on with that one, so their waits
-  overlap exactly as with ``asyncio.gather``. A coroutine never moves to another task once
-  started, so ``asyncio.timeout`` or anyio cancel scopes inside an enricher stay valid.
+  iteration. Only an enricher that awaits gets its deadline armed (counted from its start; one
+  timer serves all the calls of an enricher in flight, see ``_deadlines``). In parallel mode,
+  at the first enricher that awaits, every enricher after it gets its own Task and the chain's
+  task carries on with that one, so their waits overlap exactly as with ``asyncio.gather``. A
+  coroutine never moves to another task once started, so ``asyncio.timeout`` or anyio cancel
+  scopes inside an enricher stay valid.
 * A call's outcome is recorded here, on the loop thread, with no lock: the slot's counters,
   its circuit breaker (which only decides; the logging is done here, rate-limited, after the
   state changed), and a fault never propagates to the event: it contributes nothing.
@@ -36,6 +37,7 @@ from types import CoroutineType
 from typing import Any
 
 from loopthread._enrich._breaker import SKIP, TRIAL
+from loopthread._enrich._deadlines import Call, Deadlines
 from loopthread._enrich._slots import (
     EnricherCallable,
     EnricherResult,
@@ -112,7 +114,10 @@ class Runner:
                 continue
             tasks = [loop.create_task(self._call(s, base, loop)) for s in slots[index + 1 :]]
             try:
-                results.append(await self.finish(started, loop))
+                if type(started) is Suspended and slot.limit is None:
+                    results.append(await self._drive(started, loop))  # (finish() without a frame)
+                else:
+                    results.append(await self.finish(started, loop))
                 for task in tasks:
                     results.append(await task)
             finally:
@@ -233,36 +238,49 @@ class Runner:
 
     async def _drive(self, pending: Suspended, loop: asyncio.AbstractEventLoop) -> EnricherResult:
         slot = pending.slot
-        deadline = None
+        call: Call | None = None
         if slot.timeout is not None:
-            deadline = asyncio.timeout_at(
-                loop.time() + slot.timeout - (time.perf_counter() - pending.started)
+            task = asyncio.current_task()
+            if task is None:  # (as asyncio.timeout: a deadline cancels the task it runs in)
+                pending.steps.close()
+                fault = RuntimeError("an enricher with a timeout must be awaited inside a task")
+                return self._outcome(slot, None, fault, pending.trial, pending.began, expired=False)
+            deadlines = slot.deadlines
+            if deadlines is None or deadlines.loop is not loop:
+                deadlines = slot.deadlines = Deadlines(loop)
+            # Counted from the call's start, its first step included.
+            call = deadlines.arm(
+                task, loop.time() + slot.timeout - (time.perf_counter() - pending.started)
             )
         result: object = None
         error: BaseException | None = None
+        expired: bool | None = False
         try:
-            if deadline is None:
-                result = await _resume(pending.steps, pending.yielded)
-            else:
-                async with deadline:
-                    result = await _resume(pending.steps, pending.yielded)
+            result = await _resume(pending.steps, pending.yielded)
         except asyncio.CancelledError as exc:
-            if not cancelled_from_outside():
-                # The enricher raised CancelledError of its own accord (nobody cancelled this
-                # task): a fault like any other, not a reason to fail the whole event.
-                error = exc
-            else:
+            if call is not None:
+                expired, call = call.settle(), None
+            if expired is None or (not expired and cancelled_from_outside()):
                 # The caller gave up (enrich_sync's timeout, stop()): not the enricher's fault.
                 if pending.trial:
                     slot.breaker.release()
                 slot.time += time.perf_counter() - pending.started
                 raise
+            if not expired:
+                # The enricher raised CancelledError of its own accord (nobody cancelled this
+                # task): a fault like any other, not a reason to fail the whole event.
+                error = exc
         except BaseException as exc:  # noqa: BLE001 - enricher faults are isolated
             error = exc
+        finally:
+            if call is not None:
+                # An enricher that swallowed the timer's cancellation and returned (or raised
+                # something else) timed out all the same.
+                expired = call.settle() is not False
         slot.time += time.perf_counter() - pending.started
-        # expired() also catches an enricher that swallowed its cancellation and returned.
-        expired = deadline is not None and deadline.expired()
-        return self._outcome(slot, result, error, pending.trial, pending.began, expired=expired)
+        return self._outcome(
+            slot, result, error, pending.trial, pending.began, expired=bool(expired)
+        )
 
     def _outcome(
         self,
