@@ -189,8 +189,8 @@ class Writer:
             )
             enriched: Mapping[str, Any]
             if flat:  # only the enrichers' fields, merged as enrich() would (the later wins)
-                found = [f for f in await chain.fields(view) if f]
-                enriched = found[0] if len(found) == 1 else _merged(found)
+                results = await chain.fields(view)
+                enriched = results[0] or {} if len(results) == 1 else _merged(results)
             else:
                 enriched = await chain.enrich(view)
             for key, value in enriched.items():
@@ -295,10 +295,11 @@ else:
         return loop.create_task(coro, context=ctx)
 
 
-def _merged(found: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+def _merged(results: list[Mapping[str, Any] | None]) -> Mapping[str, Any]:
     merged: dict[str, Any] = {}
-    for fields in found:
-        merged.update(fields)
+    for fields in results:
+        if fields:
+            merged.update(fields)
     return merged
 
 

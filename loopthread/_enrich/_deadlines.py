@@ -34,17 +34,16 @@ __all__ = ["Call", "Deadlines"]
 
 
 class Call:
-    """One call in flight under its enricher's deadline."""
+    """A call that can be put under a deadline (:meth:`Deadlines.arm` sets these)."""
 
     __slots__ = ("cancelling", "deadline", "deadlines", "ended", "expired", "task")
 
-    def __init__(self, deadlines: Deadlines, task: asyncio.Task[Any], deadline: float) -> None:
-        self.deadlines = deadlines
-        self.task = task
-        self.deadline = deadline
-        self.cancelling = task.cancelling()  # cancellations already requested when armed
-        self.expired = False
-        self.ended = False
+    deadlines: Deadlines
+    task: asyncio.Task[Any]
+    deadline: float
+    cancelling: int  # cancellations of its task already requested when it was armed
+    expired: bool
+    ended: bool
 
     def settle(self) -> bool | None:
         """:meth:`Deadlines.settle` for this call."""
@@ -62,13 +61,16 @@ class Deadlines:
         self._ended = 0  # calls in _calls that ended
         self._handle: asyncio.TimerHandle | None = None
 
-    def arm(self, task: asyncio.Task[Any], deadline: float) -> Call:
-        """Put the call run by ``task`` under ``deadline`` (``loop.time()`` seconds)."""
-        call = Call(self, task, deadline)
+    def arm(self, call: Call, task: asyncio.Task[Any], deadline: float) -> None:
+        """Put ``call``, run by ``task``, under ``deadline`` (``loop.time()`` seconds)."""
+        call.deadlines = self
+        call.task = task
+        call.deadline = deadline
+        call.cancelling = task.cancelling()
+        call.expired = call.ended = False
         self._calls.append(call)
         if self._handle is None:
             self._handle = self.loop.call_at(deadline, self._fire, deadline)
-        return call
 
     def settle(self, call: Call) -> bool | None:
         """``call`` ended (returned, raised, or was cancelled): take it out, and say whether
