@@ -185,6 +185,7 @@ class LoopHandler(logging.Handler):
             channel=lambda: self._binding.value,
         )
         self._write_directly = self._writer.directly
+        self._plain_filter = type(self).filter is logging.Filterer.filter
         self._last_channel: Channel[Item] | None = None  # for stats() after close
 
     def _label(self) -> str:
@@ -232,6 +233,9 @@ class LoopHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:
         """Filter and enqueue ``record`` without taking the handler lock (the channel is safe)."""
+        if not self.filters and self._plain_filter:  # Filterer.filter would let it through
+            self.emit(record)
+            return record if _FILTER_RETURNS_RECORD else True  # type: ignore[return-value]
         rv: object = self.filter(record)
         if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may replace the record
             record = rv
@@ -418,6 +422,7 @@ def _prepare(record: logging.LogRecord, formatter: logging.Formatter) -> logging
 
 
 _default_formatter = logging.Formatter()
+_FILTER_RETURNS_RECORD = sys.version_info >= (3, 12)  # (Filterer.filter; True before 3.12)
 _LogRecord = logging.LogRecord
 _new_record = object.__new__
 _copy_context = contextvars.copy_context
