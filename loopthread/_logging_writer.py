@@ -156,10 +156,10 @@ class Writer:
         self, chain: EnricherChain, entries: list[Entry], marker: Recursion
     ) -> None:
         """Enrich every record of a batch, concurrently, each in a task of its own context."""
-        flat = chain.flat
+        flat = chain._flat  # (EnricherChain's batch interface, not public)
         if flat:
             try:
-                await chain.ready()  # once for the batch (else: in each chain.enrich())
+                await chain._ready()  # once for the batch (else: in each chain.enrich())
             except Exception as exc:  # noqa: BLE001 - the records go on unenriched
                 error = describe(exc)
                 self.warn("loop_handler.enrich_failed", chain, chain=chain.name, error=error)
@@ -189,7 +189,7 @@ class Writer:
             )
             enriched: Mapping[str, Any]
             if flat:  # only the enrichers' fields, merged as enrich() would (the later wins)
-                results = await chain.fields(view)
+                results = await chain._fields(view)
                 enriched = results[0] or {} if len(results) == 1 else _merged(results)
             else:
                 enriched = await chain.enrich(view)

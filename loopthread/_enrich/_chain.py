@@ -198,7 +198,7 @@ class EnricherChain(ComponentBase):
             )
         loop = asyncio.get_running_loop()
         if loop is not self._loop or not self._hooks.started:
-            await self.ready()
+            await self._ready()
         self._events += 1
         merger = self._merger
         if self._parallel:
@@ -226,16 +226,16 @@ class EnricherChain(ComponentBase):
                     current = merger.merge(dict(current), fields, index)
         return current
 
-    # For callers that enrich batches and merge the fields themselves (LoopHandler).
+    # Not public: for LoopHandler, which enriches batches and sets the fields itself.
 
     @property
-    def flat(self) -> bool:
-        """Parallel, with ``merge="flat"``: then :meth:`fields` can stand in for :meth:`enrich`."""
+    def _flat(self) -> bool:
+        """Parallel, with ``merge="flat"``: then :meth:`_fields` can stand in for :meth:`enrich`."""
         return self._parallel and self._merger is None
 
-    async def ready(self) -> None:
+    async def _ready(self) -> None:
         """Bind to the running loop and start the enrichers there (once): what :meth:`enrich`
-        does first, for callers of :meth:`fields`.
+        does first, for callers of :meth:`_fields`.
 
         Raises:
             LoopThreadError: awaited on another event loop than the chain's loop thread.
@@ -246,9 +246,9 @@ class EnricherChain(ComponentBase):
         if not self._hooks.started:
             await self._hooks.ensure_started(loop)
 
-    def fields(self, event: Event) -> Coroutine[Any, Any, list[EnricherResult]]:
+    def _fields(self, event: Event) -> Coroutine[Any, Any, list[EnricherResult]]:
         """What each enricher returns for ``event`` (None: nothing), in the chain's order: a
-        :attr:`flat` chain's :meth:`enrich` without the merge. On the loop, after :meth:`ready`.
+        :attr:`_flat` chain's :meth:`enrich` without the merge. On the loop, after :meth:`_ready`.
         """
         self._events += 1
         assert self._loop is not None
