@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from loopthread import EnricherChain, LoopThread, enricher
+from tests.test_monitor import voluntary_switches
 
 TIMEOUT = 0.2
 SLACK = 0.005  # the enricher reads the clock a few µs after the chain started its call
@@ -107,12 +108,34 @@ def test_a_call_stuck_behind_others_holds_up_none_of_them_nor_their_memory(
     assert (stats.calls, stats.ok, stats.timeouts) == (2001, 2001, 0)
 
 
-def _voluntary_switches(native_id: int) -> int:
-    status = Path(f"/proc/self/task/{native_id}/status").read_text()
-    for line in status.splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    raise AssertionError("no voluntary_ctxt_switches line")
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_closing_a_suspended_enrich_closes_the_enricher_and_its_deadline(
+    lt: LoopThread, timeout: float | None
+) -> None:
+    """``enrich()`` closed while its enricher waits (its task destroyed, the loop closing): the
+    enricher is closed too (its ``finally`` runs) and the close completes (no "coroutine
+    ignored GeneratorExit"), counted as neither a fault nor a timeout; an enricher that itself
+    raises GeneratorExit is a fault like any other (tests/reliability/test_faults.py)."""
+    cleaned: list[str] = []
+
+    async def waits(event: Mapping[str, Any]) -> Mapping[str, Any]:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append("finally")
+        return {"never": True}
+
+    chain = EnricherChain([waits], loop_thread=lt, timeout=timeout)
+
+    async def scenario() -> None:
+        coro = chain.enrich({"id": 1})
+        coro.send(None)  # the enricher's first step: it waits
+        coro.close()
+
+    lt.run(scenario(), timeout=5)
+    assert cleaned == ["finally"]
+    stats = chain.stats().enrichers[0]
+    assert (stats.calls, stats.ok, stats.failures, stats.timeouts) == (1, 0, 0, 0)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
@@ -128,10 +151,8 @@ def test_calls_that_ended_leave_no_timer_to_wake_the_loop() -> None:
         )
         futures = [lt.submit(chain.enrich({"id": i})) for i in range(200)]
         assert [f.result(timeout=10)["seen"] for f in futures] == list(range(200))
-        native_id = lt.thread.native_id
-        assert native_id is not None
-        before = _voluntary_switches(native_id)
+        before = voluntary_switches(lt.thread)
         time.sleep(1.0)  # the measurement window itself, past every deadline
-        after = _voluntary_switches(native_id)
+        after = voluntary_switches(lt.thread)
         assert after - before <= 2
         assert [s.ok for s in chain.stats().enrichers] == [200] * 5

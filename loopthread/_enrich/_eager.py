@@ -292,11 +292,13 @@ class Runner:
         result: object = None
         error: BaseException | None = None
         expired: bool | None = False
+        closed = False  # this coroutine is being closed (not: the enricher raised GeneratorExit)
         try:
             while True:
                 try:
                     sent = yield yielded
                 except GeneratorExit:
+                    closed = True
                     steps.close()
                     raise
                 except BaseException as exc:  # noqa: BLE001 - delivered to it, as await does
@@ -311,8 +313,6 @@ class Runner:
                     except StopIteration as stop:
                         result = stop.value
                         break
-        except GeneratorExit:
-            raise
         except asyncio.CancelledError as exc:
             if armed:
                 expired, armed = pending.settle(), False
@@ -326,7 +326,9 @@ class Runner:
                 # The enricher raised CancelledError of its own accord (nobody cancelled this
                 # task): a fault like any other, not a reason to fail the whole event.
                 error = exc
-        except BaseException as exc:  # noqa: BLE001 - enricher faults are isolated
+        except BaseException as exc:  # enricher faults are isolated (re-raised: our own close)
+            if closed:
+                raise
             error = exc
         finally:
             if armed:
