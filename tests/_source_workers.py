@@ -19,3 +19,12 @@ def put_and_exit(q: Any, items: list[Any]) -> None:
         q.put(item)
     q.close()
     q.join_thread()
+
+
+def count_until_none(q: Any, out: Any, ready: Any) -> None:
+    """Another reader of ``q``: get() until None, then put how many items it got into ``out``."""
+    ready.set()
+    count = 0
+    while q.get() is not None:
+        count += 1
+    out.put(count)

@@ -163,6 +163,53 @@ def test_connection_objects_and_eof_close_the_channel(
         ch.put({"late": True})
 
 
+def test_a_source_closed_by_the_user_is_never_read_through_a_reused_fd(
+    lt: LoopThread, pipe: tuple[Connection, Connection]
+) -> None:
+    """The user closes the Connection (its writer still open) and a new pipe takes its fd
+    number: flush() reads none of the new pipe's bytes; the channel notices the close, logs
+    it and closes itself (ended "closed") after what the source held."""
+    reader, writer = pipe
+    rec: testing.Recorder[Any] = testing.Recorder()
+    ch = lt.channel_from(reader, rec, decode=bytes)
+    writer.send_bytes(b"one")
+    assert ch.flush(timeout=5)
+    old_fd = reader.fileno()
+    reader.close()
+    read_fd, write_fd = os.pipe()
+    try:
+        assert read_fd == old_fd  # the lowest free number: the source's
+        os.write(write_fd, b"\x00\x00\x00\x05hello")
+        with structlog.testing.capture_logs() as logs:
+            assert ch.flush(timeout=5)
+            ch.close(timeout=5)
+        assert rec.items == [b"one"]
+        assert os.read(read_fd, 100) == b"\x00\x00\x00\x05hello"  # still the user's
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    stats = ch.stats()
+    assert (stats.ended, stats.closed, stats.handled, stats.unreadable) == ("closed", True, 1, 0)
+    assert [e["event"] for e in logs].count("channel.source_closed") == 1
+
+
+def test_the_reading_process_closing_its_queue_loses_nothing(lt: LoopThread) -> None:
+    """This process puts into the mp.Queue it reads, then q.close(); q.join_thread() (which
+    closes the queue's read end here): every item is still handled, then the EOF closes the
+    channel."""
+    q: multiprocessing.Queue[int] = multiprocessing.Queue()
+    rec: testing.Recorder[int] = testing.Recorder()
+    ch = lt.channel_from(q, rec)
+    for i in range(100):
+        q.put(i)
+    q.close()
+    q.join_thread()
+    assert rec.wait_for(100) == list(range(100))
+    ch.close(timeout=5)
+    stats = ch.stats()
+    assert (stats.ended, stats.handled, stats.unhandled) == ("eof", 100, 0)
+
+
 def test_pipe_lines_with_decode_and_a_last_unterminated_line(lt: LoopThread) -> None:
     """framing="lines" on an os.pipe fd: one item per line (decoded), the line split across
     writes reassembled, and the last line without a newline delivered at EOF."""
@@ -347,6 +394,24 @@ def test_close_reads_what_the_source_holds_then_leaves_the_rest(
     assert reader.recv() == "after"
 
 
+def test_close_without_timeout_ends_on_a_message_whose_rest_never_comes(
+    lt: LoopThread, pipe: tuple[Connection, Connection]
+) -> None:
+    """A writer died in the middle of a message (the pipe holds its first bytes, the writer
+    end stays open: no EOF): close() without a timeout still returns, the partial message is
+    counted unreadable."""
+    reader, writer = pipe
+    rec: testing.Recorder[bytes] = testing.Recorder()
+    ch = lt.channel_from(reader, rec, decode=bytes)
+    writer.send_bytes(b"whole")
+    os.write(writer.fileno(), (100).to_bytes(4, "big") + b"first bytes")  # 11 of 100
+    with structlog.testing.capture_logs() as logs:
+        assert returns_within(ch.close, 10)
+    stats = ch.stats()
+    assert (rec.items, stats.unreadable, stats.ended) == ([b"whole"], 1, "closed")
+    assert any(e["event"] == "channel.source_unreadable" for e in logs)
+
+
 def test_stop_reads_the_source_and_drains(pipe: tuple[Connection, Connection]) -> None:
     """LoopThread.stop() reads what the source holds, handles it, and reports 0 unhandled."""
     reader, writer = pipe
@@ -490,6 +555,61 @@ class FlakyQueue(queue.Queue[Any]):
         return item
 
 
+def test_timed_out_flush_and_close_leave_no_marker_in_a_queue(lt: LoopThread, held: Held) -> None:
+    """A flush and a close that time out while the thread is behind put their markers into the
+    queue.Queue: once the thread ended, they are gone from it (the user finds its own items
+    only), and every item the thread took is counted in put, handled or unhandled."""
+    q: queue.Queue[int] = queue.Queue()
+    ch = lt.channel_from(q, held, maxsize=1, name="markers")
+    (pump,) = [t for t in threading.enumerate() if t.name.endswith("-source-markers")]
+    held.hold()
+    for i in range(10):
+        q.put(i)
+    assert held.entered.wait(10)
+    with structlog.testing.capture_logs():
+        assert not ch.flush(timeout=0.2)  # held: the bound, not a sleep
+        ch.close(timeout=0.2)
+    held.released.set()
+    pump.join(10)
+    assert not pump.is_alive()
+    left = []
+    while not q.empty():
+        left.append(q.get_nowait())
+    stats = ch.stats()
+    assert left == list(range(stats.put, 10))
+    assert stats.put == stats.handled + stats.failed + stats.unhandled
+    assert stats.unhandled > 0
+
+
+class InterruptedPut(queue.Queue[Any]):
+    """A queue.Queue whose next put() is interrupted by Ctrl-C, once armed."""
+
+    interrupt_next = False
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if self.interrupt_next:
+            self.interrupt_next = False
+            raise KeyboardInterrupt
+        super().put(item, block, timeout)
+
+
+def test_ctrl_c_in_close_of_a_queue_lets_the_next_close_stop_the_thread(lt: LoopThread) -> None:
+    """Ctrl-C while close() puts its stop into the queue: nothing was put, so the next
+    close() (no timeout) puts it, the thread ends and the close returns."""
+    q = InterruptedPut()
+    rec: testing.Recorder[int] = testing.Recorder()
+    ch = lt.channel_from(q, rec, name="ctrl-c")
+    put_and_flush(ch, rec, q.put, 3)
+    (pump,) = [t for t in threading.enumerate() if t.name.endswith("-source-ctrl-c")]
+    q.interrupt_next = True
+    with pytest.raises(KeyboardInterrupt):
+        ch.close()
+    assert returns_within(ch.close, 10)
+    assert (ch.stats().ended, ch.stats().handled) == ("closed", 3)
+    pump.join(10)
+    assert not pump.is_alive()
+
+
 def test_queue_get_failures_are_counted_and_skipped(lt: LoopThread) -> None:
     """get() raising is an unreadable item: counted, logged, the reading goes on."""
     q = FlakyQueue()
@@ -621,6 +741,11 @@ def test_bad_sources_and_options_fail_at_the_call(
         lt.channel_from(read_fd, handle)
     with socket.socket() as sock, pytest.raises(ValueError, match="framing must be"):
         lt.channel_from(sock, handle, framing="json")
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        pytest.raises(TypeError, match="create_datagram_endpoint"),
+    ):
+        lt.channel_from(udp, handle)
 
     async def an_asyncio_queue() -> asyncio.Queue[int]:
         return asyncio.Queue()
@@ -745,6 +870,80 @@ def test_another_reader_holding_the_read_lock_backs_off_without_spinning(lt: Loo
     assert rec.items == [1]
     assert woken < 40, woken  # backoff 1 ms doubling to 100 ms: ~10 in 0.5 s; a spin: 1000s
     assert any(e["event"] == "channel.source_contended" for e in logs)
+
+
+def returns_within(call: Any, seconds: float) -> bool:
+    """Whether ``call()`` (one that may block forever) returned within ``seconds``."""
+    done = threading.Event()
+
+    def run() -> None:
+        call()
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(seconds)
+
+
+def test_a_flush_is_done_when_another_reader_took_what_the_pipe_held(lt: LoopThread) -> None:
+    """What the pipe held at the flush is taken by another reader (holding the queue's read
+    lock, as its get() does): the flush returns once the pipe is empty, it does not wait for
+    bytes it will never read."""
+    q = SPAWN.SimpleQueue()
+    rec: testing.Recorder[int] = testing.Recorder()
+    read_lock: Any = q._rlock  # type: ignore[attr-defined]
+    with structlog.testing.capture_logs():  # the contention warnings
+        ch = lt.channel_from(q, rec)
+
+        async def start_flush() -> asyncio.Task[bool]:
+            task = asyncio.ensure_future(ch.aflush())
+            await asyncio.sleep(0)  # its first step took the pipe's byte count
+            return task
+
+        async def result(task: asyncio.Task[bool]) -> bool:
+            return await task
+
+        read_lock.acquire()
+        try:
+            q.put(1)
+            q.put(2)
+            task = lt.run(start_flush())
+            other = [pickle.loads(q._reader.recv_bytes()) for _ in range(2)]  # type: ignore[attr-defined]
+        finally:
+            read_lock.release()
+        assert lt.run(result(task), timeout=10) is True
+        ch.close(timeout=5)
+    assert (other, rec.items, ch.stats().ended) == ([1, 2], [], "closed")
+
+
+def test_flush_and_close_with_another_process_reading_the_queue(lt: LoopThread) -> None:
+    """Another process also reads the queue (blocked in get(), it holds the read lock most
+    of the time): flush() and close() without a timeout still return once the pipe was
+    emptied, whoever read it; each item went to exactly one of the two readers."""
+    q = SPAWN.SimpleQueue()
+    out = SPAWN.SimpleQueue()
+    ready = SPAWN.Event()
+    rec: testing.Recorder[int] = testing.Recorder()
+    with structlog.testing.capture_logs():  # the contention warnings
+        ch = lt.channel_from(q, rec)
+        other = SPAWN.Process(target=_source_workers.count_until_none, args=(q, out, ready))
+        other.start()
+        try:
+            assert ready.wait(60)
+            for _ in range(5):
+                for i in range(1000):
+                    q.put(i)
+                assert returns_within(ch.flush, 10)
+            assert returns_within(ch.close, 10)
+            q.put(None)
+            other.join(30)
+            assert other.exitcode == 0
+            taken = out.get()
+        finally:
+            if other.is_alive():
+                other.kill()
+    stats = ch.stats()
+    assert (stats.ended, stats.unhandled) == ("closed", 0)
+    assert taken + stats.handled == 5000
 
 
 # ---------------------------------------------------------------- fork, processes

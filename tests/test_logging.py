@@ -381,6 +381,51 @@ def test_wrapped_handler_level_and_filters_apply(
     assert stream.getvalue().splitlines() == ["plain info", "a warning"]
 
 
+def test_filters_added_later_and_filter_methods_of_subclasses_apply(
+    lt: LoopThread, log: logging.Logger, stream: io.StringIO
+) -> None:
+    """Filters work however they are given, on the LoopHandler and on a wrapped handler: added
+    after records went through, or as a subclass's own filter() with no filters list."""
+
+    class NoDebugText(logging.StreamHandler):  # type: ignore[type-arg]
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "debug" not in record.getMessage() and bool(super().filter(record))
+
+    class NoTrace(LoopHandler):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "trace" not in record.getMessage() and bool(super().filter(record))
+
+    wrapped = NoDebugText(stream)
+    handler = NoTrace(wrapped, loop_thread=lt)
+    log.addHandler(handler)
+    for message in ("one", "a trace", "some debug"):
+        log.info(message)
+    handler.flush()
+    handler.addFilter(lambda record: "two" not in record.getMessage())
+    wrapped.addFilter(lambda record: "three" not in record.getMessage())
+    for message in ("two", "three", "four", "trace again"):
+        log.info(message)
+    handler.flush()
+    assert stream.getvalue().splitlines() == ["one", "four"]
+    # What passed the LoopHandler's own filters: one, some debug, three, four.
+    assert handler.stats().emitted == 4
+    log.removeHandler(handler)
+    handler.close()
+
+    plain_stream = io.StringIO()
+    plain_wrapped = stream_handler(plain_stream)
+    plain = LoopHandler(plain_wrapped, loop_thread=lt)  # no filters at first: none consulted
+    log.addHandler(plain)
+    log.info("five")
+    plain.flush()
+    plain.addFilter(lambda record: "six" not in record.getMessage())
+    plain_wrapped.addFilter(lambda record: "seven" not in record.getMessage())
+    for message in ("six", "seven", "eight"):
+        log.info(message)
+    plain.flush()
+    assert plain_stream.getvalue().splitlines() == ["five", "eight"]
+
+
 def test_emit_failure_costs_one_record(lt: LoopThread, log: logging.Logger) -> None:
     """A wrapped handler whose emit() raises on one record still gets the rest of the batch."""
     written: list[str] = []

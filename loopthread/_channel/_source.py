@@ -116,6 +116,7 @@ class SourceChannel(Channel[T]):
         self._source = source
         self._plan = plan
         self._source_tasks: set[asyncio.Task[Any]] = set()
+        self._lost_from_source = 0
         self._reader: Reader = plan.primary(self)
         super().__init__(
             loop_thread,
@@ -307,6 +308,7 @@ class SourceChannel(Channel[T]):
         """Items taken from the source after the channel closed: counted as unhandled."""
         with self._mutex:
             self._late_unhandled += count
+            self._lost_from_source += count  # read from the source: in put too
         self._log("channel.source_item_unhandled", level="warning", unhandled=count)
 
     # ---------------------------------------------------------------- observation
@@ -315,8 +317,10 @@ class SourceChannel(Channel[T]):
         """A snapshot of the counters (:class:`SourceStats`: a ChannelStats and the reader's)."""
         base = super().stats()
         reader = self._reader
+        counts = {name: getattr(base, name) for name in _CHANNEL_FIELDS}
+        counts["put"] += self._lost_from_source
         return SourceStats(
-            **{name: getattr(base, name) for name in _CHANNEL_FIELDS},
+            **counts,
             source=reader.kind,
             reader=reader.how,
             reads=reader.reads,

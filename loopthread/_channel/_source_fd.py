@@ -9,21 +9,28 @@ parked: a sync handler gets the batch in the same callback. How it reads (the qu
 lock, back-pressure, EOF): :mod:`._source_fd_read`.
 
 This module is the lifecycle: ``flush()`` asks how many bytes the fd holds at that moment and
-waits until they were read (:meth:`FdReader.mark`); ``close()`` does the same, then completes
-the frame being read, and unwatches the fd (:meth:`FdReader.stop`); the source's end (EOF, an
+waits until they were read (:meth:`FdReader.mark`) or the fd was seen empty (another reader
+of the queue took them); ``close()`` does the same, then completes the frame being read (or,
+when its rest stops coming for :data:`STALL` seconds, a writer killed mid-message, counts it
+unreadable), and unwatches the fd (:meth:`FdReader.stop`); the source's end (EOF, an
 error) stops the reading and closes the channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 
 from loopthread._channel._source_fd_read import FdReading
 from loopthread._util import INF, Latch, remaining, wait_arg
 
-__all__ = ["FdReader"]
+__all__ = ["STALL", "FdReader"]
+
+#: Closing, the bytes present at the call read: how long the rest of a frame may take to come
+#: (each read of it starts anew) before the partial frame is counted unreadable.
+STALL = 1.0
 
 
 class FdReader(FdReading):
@@ -67,6 +74,7 @@ class FdReader(FdReading):
         if self._done:
             resolve()
             return
+        self._check_source()
         try:
             target = self._bytes + self._available()
         except OSError:
@@ -87,11 +95,27 @@ class FdReader(FdReading):
                 for _, resolve in ready:
                     resolve()
         target = self._stop_target
-        if target is not None and self._bytes >= target and self._framer.needed() in (0, None):
-            self._finish("closed")
+        if target is not None and self._bytes >= target:
+            if self._framer.needed() in (0, None):
+                self._finish("closed")
+            else:  # the frame's rest: while it keeps coming (a killed writer's never does)
+                if self._stall is not None:
+                    self._stall.cancel()
+                self._stall = self._ch._loop.call_later(STALL, self._finish, "closed")
+
+    def _drained(self) -> None:
+        """The fd was seen empty: every byte it held when a flush or close was called was
+        read, by us or by another reader of the queue (which bytes we will never count)."""
+        marks, self._marks = self._marks, []
+        for _, resolve in marks:
+            resolve()
+        if self._stop_target is not None:
+            self._stop_target = min(self._stop_target, self._bytes)
+            self._check_marks()
 
     async def stop(self, deadline: float) -> None:
-        """Read what the fd holds now and the rest of the frame being read, then unwatch it.
+        """Read what the fd holds now and the rest of the frame being read (unless it stalls:
+        counted unreadable), then unwatch it.
         By ``deadline``; idempotent; on the loop."""
         if self._done:
             return
@@ -160,9 +184,13 @@ class FdReader(FdReading):
         self._done = True
         self.ended = reason
         self._unwatch()
+        self._close_fd()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         rest = self._framer.take_rest()
         if rest and reason == "eof" and self._rest_is_frame:
             self._deliver([rest])
@@ -201,6 +229,8 @@ class FdReader(FdReading):
         self.ended = "forked"
         self._locked = False
         self._watching = False
+        with contextlib.suppress(OSError):  # the duplicate came with the fork: not read here
+            self._close_fd()
         self._marks = []
         self._pending = set()
         self._pending_lock = threading.Lock()

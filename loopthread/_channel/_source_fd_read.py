@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from loopthread._channel._framing import Framer, FramingError, log_unreadable
-from loopthread._util import Latch
+from loopthread._util import INF, Latch
 
 try:
     import fcntl
@@ -65,10 +65,14 @@ class FdReading:
         rest_is_frame: bool = False,
         lock: Any = None,
         sem: Any = None,
+        is_closed: Callable[[], bool] | None = None,
     ) -> None:
         self._ch = channel
         self.kind = kind
-        self.fd = fd
+        self._source_fd = fd  # the source's fd: never read, the user may close and reuse it
+        self.fd = -1  # our own duplicate of it, read and watched until reading ends
+        self._is_closed = is_closed  # whether the user closed the source in this process
+        self._source_gone = False
         self._framer = framer
         self._decode = decode
         self._rest_is_frame = rest_is_frame  # a last line without newline is a line at EOF
@@ -79,6 +83,7 @@ class FdReading:
         self._watching = False
         self._paused = False  # unwatched until the consumer makes room
         self._retry: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # closing: the rest of a frame is late
         self._backoff = BACKOFF_FIRST
         self._done = False  # reading is over (see ``ended``); set on the loop
         self.ended: str | None = None
@@ -100,12 +105,37 @@ class FdReading:
         """Watch the fd; False if this loop cannot (``add_reader`` not implemented)."""
         if fcntl is None:  # pragma: no cover - Windows
             return False
+        # A duplicate of our own: if the user closes the source and its fd number is reused
+        # (a new pipe, a socket), reading it still reads the source, never what took the number.
+        fd = os.dup(self._source_fd)
         try:
-            self._ch._loop.add_reader(self.fd, self._on_readable)
+            self._ch._loop.add_reader(fd, self._on_readable)
         except NotImplementedError:
+            os.close(fd)
             return False
+        self.fd = fd
         self._registered = self._watching = True
         return True
+
+    def _close_fd(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _check_source(self) -> None:
+        """The user closed the source (in this process): close the channel after what the
+        fd holds now (read through our duplicate), as close() does. Once; on the loop."""
+        if self._source_gone or self._is_closed is None or not self._is_closed():
+            return
+        self._source_gone = True
+        self._ch._log(
+            "channel.source_closed",
+            level="warning",
+            source=self.kind,
+            hint="the source was closed while channel_from read it; close the channel first "
+            "(ch.close()), then the source",
+        )
+        self._ch._spawn_close(INF)
 
     def _watch(self) -> None:
         if not self._watching and not self._done:
@@ -134,6 +164,7 @@ class FdReading:
         """Read once. ``ready``: the selector said readable (else: a flush or close asking)."""
         if self._done:
             return
+        self._check_source()
         ch = self._ch
         if ch._closed:  # closed by another path (the consumer crashed, the loop stopped)
             self._finish("closed")
@@ -147,6 +178,7 @@ class FdReading:
                 return
             if data is None:
                 self._release_lock()
+                self._maybe_drained()
             elif not data:
                 self._end("eof")
             else:
@@ -157,6 +189,7 @@ class FdReading:
         if lock is None or self._locked:
             return True
         if not lock.acquire(False):
+            self._maybe_drained()  # another reader may have taken what a flush waits for
             self._contended()
             return False
         self._locked = True
@@ -263,10 +296,26 @@ class FdReading:
 
     def _rearm(self) -> None:
         self._retry = None
+        self._maybe_drained()
         if not self._paused:
             self._watch()
 
+    def _maybe_drained(self) -> None:
+        """A flush or close waits and the fd holds nothing: what it held at their call was
+        consumed (by us or by another reader of the queue), so they are done."""
+        if self._done or (not self._marks and self._stop_target is None):
+            return
+        try:
+            empty = self._available() == 0
+        except OSError:
+            return
+        if empty:
+            self._drained()
+
     # The lifecycle's part (FdReader).
+
+    def _drained(self) -> None:  # pragma: no cover - overridden by FdReader
+        raise NotImplementedError
 
     def _check_marks(self) -> None:  # pragma: no cover - overridden by FdReader
         raise NotImplementedError

@@ -158,7 +158,14 @@ def _connection(source: mp_connection.Connection, framing: str | None, decode: o
     return Plan(
         kind,
         fd,
-        lambda ch: FdReader(ch, kind=kind, fd=fd, framer=MultiprocessingFramer(), decode=loads),
+        lambda ch: FdReader(
+            ch,
+            kind=kind,
+            fd=fd,
+            framer=MultiprocessingFramer(),
+            decode=loads,
+            is_closed=lambda: source.closed,
+        ),
     )
 
 
@@ -172,6 +179,12 @@ def _stream(source: Any, framing: str | None, decode: object) -> Plan:
             "an ssl.SSLSocket carries encrypted bytes and buffers decrypted ones in Python: "
             "read it with asyncio streams (asyncio.open_connection(ssl=...)) instead."
         )
+    if isinstance(source, socket.socket) and source.type == socket.SOCK_DGRAM:
+        raise TypeError(
+            "a datagram (UDP) socket has no stream to frame, and an empty datagram would read "
+            "as EOF: read it with loop.create_datagram_endpoint() and put() each datagram "
+            "into a channel."
+        )
     fd = source if isinstance(source, int) else _fileno(source, kind)
     try:
         mode = os.fstat(fd).st_mode
@@ -183,6 +196,7 @@ def _stream(source: Any, framing: str | None, decode: object) -> Plan:
             "for. lt.channel_from() reads pipes, FIFOs and sockets; read a file directly."
         )
     lines = framing == "lines"
+    is_closed = _closed_check(source, fd, mode)
     return Plan(
         kind,
         fd,
@@ -193,5 +207,31 @@ def _stream(source: Any, framing: str | None, decode: object) -> Plan:
             framer=LinesFramer() if lines else ChunksFramer(),
             decode=decode,  # type: ignore[arg-type]
             rest_is_frame=lines,
+            is_closed=is_closed,
         ),
     )
+
+
+def _closed_check(source: Any, fd: int, mode: int) -> Callable[[], bool]:
+    """Whether the user closed the source: its fileno() changed or fails (a socket's is -1);
+    for an int fd, that the number no longer names the same file (closed, or reused)."""
+    if not isinstance(source, int):
+
+        def fileno_changed() -> bool:
+            try:
+                return bool(getattr(source, "closed", False)) or int(source.fileno()) != fd
+            except (OSError, ValueError):
+                return True
+
+        return fileno_changed
+    first = os.fstat(fd)
+    ident = (first.st_dev, first.st_ino, mode)
+
+    def fd_changed() -> bool:
+        try:
+            now = os.fstat(fd)
+        except OSError:
+            return True
+        return (now.st_dev, now.st_ino, now.st_mode) != ident
+
+    return fd_changed

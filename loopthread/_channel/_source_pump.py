@@ -18,6 +18,8 @@ queue itself, with :class:`Control` items the thread takes out of the stream:
 Both are the reason the channel must be the queue's only reader: another reader would get
 them. A control item of another channel (a stop left behind by one whose close hit its
 deadline) is skipped. They pickle by reference, so they travel through manager proxies too.
+Once the thread ended, the ones it left (a flush or close that timed out) are taken out of a
+``queue.Queue`` again (:meth:`QueuePump._purge`); other sources keep them.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class QueuePump:
         self._on_exit: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self._stop_sent = False
+        self._stop_lock = threading.Lock()  # one stop put at a time
         self.ended: str | None = None
         self.reads = 0
         self.unreadable = 0
@@ -169,10 +172,30 @@ class QueuePump:
             self._exited.set()
         for latch in marks:
             latch.set()
+        self._purge()
         for callback in callbacks:
             callback()
         if reason != "closed":
             self._ch._source_ended_threadsafe(reason, error)
+
+    def _purge(self) -> None:
+        """The thread ended: take this channel's marks and stops still queued (a flush or
+        close that timed out) out of a ``queue.Queue``, under its own mutex, as get() would
+        (with their task_done()). Other sources keep them: a channel_from reader skips them."""
+        source = self._source
+        if not isinstance(source, queue.Queue) or isinstance(source, queue.PriorityQueue):
+            return
+        token = self._token
+        with source.mutex:
+            items = source.queue
+            mine = [x for x in items if type(x) is Control and x.owner == token]
+            for control in mine:
+                items.remove(control)
+            if mine:
+                source.not_full.notify(len(mine))
+                source.unfinished_tasks = max(0, source.unfinished_tasks - len(mine))
+                if source.unfinished_tasks == 0:
+                    source.all_tasks_done.notify_all()
 
     # ---------------------------------------------------------------- flush and stop
 
@@ -188,6 +211,8 @@ class QueuePump:
         except Exception as exc:  # noqa: BLE001 - a source that refuses puts: logged
             self._ch._log("channel.source_put_failed", level="error", error=describe(exc))
             return False
+        if self._exited.is_set():  # the thread ended meanwhile: nobody will take it out
+            self._purge()
         return True
 
     def mark(self, timeout: float | None) -> bool:
@@ -213,9 +238,11 @@ class QueuePump:
         return await asyncio.get_running_loop().run_in_executor(None, self.mark, timeout)
 
     def _request_stop(self, deadline: float) -> None:
-        if not self._stop_sent:
-            self._stop_sent = True
-            self._send(STOP, 0, remaining(deadline))
+        # Sent once: marked only once the stop is in the queue (a put cut short by its
+        # timeout or by Ctrl-C sent nothing, and the next close() tries again).
+        with self._stop_lock:
+            if not self._stop_sent and self._send(STOP, 0, remaining(deadline)):
+                self._stop_sent = True
 
     def close_from_thread(self, deadline: float) -> None:
         """From a thread other than the loop's: stop the thread after what the source holds
@@ -250,12 +277,13 @@ class QueuePump:
         if not on_loop_thread and not self._exited.is_set() and self._thread is not None:
             with contextlib.suppress(Exception):
                 if not self._stop_sent:
-                    self._stop_sent = True
                     self._source.put_nowait(Control(STOP, self._token, 0))
+                    self._stop_sent = True
 
     def after_fork_in_child(self) -> None:
         """The thread is the parent's."""
         self._lock = threading.Lock()
+        self._stop_lock = threading.Lock()
         self._marks = {}
         self._on_exit = []
         self._exited = Latch()

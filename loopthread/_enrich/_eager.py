@@ -4,14 +4,17 @@ Design notes (why it is built this way):
 
 * Enrichers start eagerly: the chain runs each one's first step itself, in the chain's task, and
   most quick enrichers (a cache hit) finish right there, with no Task, no timer and no loop
-  iteration. Only an enricher that awaits gets its deadline armed (``asyncio.timeout_at``,
-  counted from its start). In parallel mode, at the first enricher that awaits, every enricher
-  after it gets its own Task and the chain's task carries on with that one, so their waits
-  overlap exactly as with ``asyncio.gather``. A coroutine never moves to another task once
-  started, so ``asyncio.timeout`` or anyio cancel scopes inside an enricher stay valid.
-* A call's outcome is recorded here, on the loop thread, with no lock: the slot's counters,
-  its circuit breaker (which only decides; the logging is done here, rate-limited, after the
-  state changed), and a fault never propagates to the event: it contributes nothing.
+  iteration. Only an enricher that awaits gets its deadline armed (counted from its start; one
+  timer serves all the calls of an enricher in flight, see ``_deadlines``). In parallel mode,
+  at the first enricher that awaits, every enricher after it gets its own Task and the chain's
+  task carries on with that one, so their waits overlap exactly as with ``asyncio.gather``. A
+  coroutine never moves to another task once started, so ``asyncio.timeout`` or anyio cancel
+  scopes inside an enricher stay valid.
+* A call's outcome is recorded on the loop thread, with no lock (``_outcome``): the slot's
+  counters, its circuit breaker, a rate-limited log; a fault never propagates to the event.
+* What a call in flight keeps alive is kept small (one Task per record of a LoopHandler batch
+  waits at once): no closure cells or loop iterators held across an await, the call is its
+  own deadline entry, and the enricher is stepped by ``Runner._drive`` itself.
 * ``max_concurrency``: a call of an enricher whose places are all taken waits (:class:`Queued`)
   for one, first come first served; a call that ends hands its place straight to the next in
   line. The wait is counted in ``queue_time``, apart from the enricher's own ``time``, and the
@@ -19,8 +22,8 @@ Design notes (why it is built this way):
   burst against a pool of 4 is 4 calls at a time, each with its full budget, and once the
   circuit opens the calls still waiting are skipped at once.
 
-:class:`Runner` holds what that needs of its chain (the name, the log rate limiter);
-:class:`Suspended`, :func:`_steps` and :func:`_resume` are the stepping itself.
+:class:`Runner` holds what that needs of its chain (its slots, its outcome recorder);
+:class:`Suspended`, :func:`_steps` and :meth:`Runner._drive` are the stepping itself.
 """
 
 from __future__ import annotations
@@ -31,33 +34,33 @@ import contextvars
 import inspect
 import time
 import types
-from collections.abc import Coroutine, Generator, Mapping
+from collections.abc import Coroutine, Generator
 from types import CoroutineType
 from typing import Any
 
 from loopthread._enrich._breaker import SKIP, TRIAL
+from loopthread._enrich._deadlines import Call, Deadlines
+from loopthread._enrich._outcome import Outcomes
 from loopthread._enrich._slots import (
     EnricherCallable,
     EnricherResult,
     Slot,
     cancelled_from_outside,
-    log,
 )
-from loopthread._log import RateLimiter
-from loopthread._util import describe
 
 __all__ = ["Pending", "Queued", "Runner", "Suspended"]
 
 
-class Suspended:
-    """An enricher whose first step awaited something: the rest runs under its deadline."""
+class Suspended(Call):
+    """An enricher whose first step awaited something: the rest runs under its deadline (it is
+    its own :class:`Call` there: one object less per call in flight)."""
 
     __slots__ = ("began", "slot", "started", "steps", "trial", "yielded")
 
     def __init__(
         self,
         slot: Slot,
-        steps: Generator[Any, Any, Any] | Coroutine[Any, Any, Any],
+        steps: Generator[Any, Any, Any] | Coroutine[Any, Any, Any] | None,
         yielded: object,
         trial: bool,
         started: float,
@@ -88,12 +91,11 @@ Pending = Suspended | Queued
 class Runner:
     """Calls a chain's enrichers and records each call's outcome (loop thread only)."""
 
-    __slots__ = ("_chain", "_log_limiter", "_slots")
+    __slots__ = ("_record", "_slots")
 
     def __init__(self, chain: str, slots: list[Slot]) -> None:
-        self._chain = chain
         self._slots = slots
-        self._log_limiter = RateLimiter()  # loop thread only
+        self._record = Outcomes(chain).record
 
     async def parallel(
         self, base: dict[str, Any], loop: asyncio.AbstractEventLoop
@@ -103,14 +105,33 @@ class Runner:
         # (a cache hit) need no task at all. At the first one that suspends, every enricher
         # after it gets its own task, and this task carries on with the suspended one, so
         # all I/O overlaps (as with gather) and no coroutine ever moves to another task.
+        # (Written to keep little alive while it waits, on every call in flight: no closure
+        # cells, no loop iterator across the await.)
         slots = self._slots
-        results: list[EnricherResult] = []
-        for index, slot in enumerate(slots):
+        results: list[EnricherResult] | None = None  # (made when needed: not kept alive empty)
+        count = len(slots)
+        index = 0
+        while index < count:
+            slot = slots[index]
+            index += 1
             started = self.start(slot, base)
             if not isinstance(started, Pending):
+                if results is None:
+                    results = []
                 results.append(started)
                 continue
-            tasks = [loop.create_task(self._call(s, base, loop)) for s in slots[index + 1 :]]
+            if index == count:  # the last one: no other to start
+                if type(started) is Suspended and slot.limit is None:
+                    fields = await self._drive(started, loop)  # (finish() without a frame)
+                else:
+                    fields = await self.finish(started, loop)
+                if results is None:
+                    return [fields]
+                results.append(fields)
+                return results
+            tasks = self._start_rest(index, base, loop)
+            if results is None:
+                results = []
             try:
                 results.append(await self.finish(started, loop))
                 for task in tasks:
@@ -119,7 +140,12 @@ class Runner:
                 for task in tasks:  # only when this task was cancelled (stop, caller timeout)
                     task.cancel()
             break
-        return results
+        return [] if results is None else results
+
+    def _start_rest(
+        self, index: int, base: dict[str, Any], loop: asyncio.AbstractEventLoop
+    ) -> list[asyncio.Task[EnricherResult]]:
+        return [loop.create_task(self._call(s, base, loop)) for s in self._slots[index:]]
 
     async def _call(
         self, slot: Slot, event: dict[str, Any], loop: asyncio.AbstractEventLoop
@@ -170,10 +196,10 @@ class Runner:
             yielded = steps.send(None)
         except StopIteration as stop:
             slot.time += time.perf_counter() - started
-            return self._outcome(slot, stop.value, None, trial, began, expired=False)
+            return self._record(slot, stop.value, None, trial, began, expired=False)
         except BaseException as exc:  # noqa: BLE001 - enricher faults are isolated
             slot.time += time.perf_counter() - started
-            return self._outcome(slot, None, exc, trial, began, expired=False)
+            return self._record(slot, None, exc, trial, began, expired=False)
         return Suspended(slot, steps, yielded, trial, started, began=began)
 
     async def finish(self, pending: Pending, loop: asyncio.AbstractEventLoop) -> EnricherResult:
@@ -231,99 +257,88 @@ class Runner:
                 return
         slot.active -= 1
 
-    async def _drive(self, pending: Suspended, loop: asyncio.AbstractEventLoop) -> EnricherResult:
+    @types.coroutine
+    def _drive(
+        self, pending: Suspended, loop: asyncio.AbstractEventLoop
+    ) -> Generator[Any, Any, EnricherResult]:
+        """Carry on the enricher whose first step already ran, under its deadline; its outcome.
+
+        A generator-based coroutine that steps the enricher itself, as ``await`` would (PEP
+        380): what it yields goes to the running Task unchanged, and what the Task sends or
+        throws in (results, CancelledError) goes back to it. (One object and one frame per
+        step less than an ``async def`` awaiting a stepping generator.)
+        """
         slot = pending.slot
-        deadline = None
+        armed = False
         if slot.timeout is not None:
-            deadline = asyncio.timeout_at(
-                loop.time() + slot.timeout - (time.perf_counter() - pending.started)
+            task = asyncio.current_task()
+            if task is None:  # (as asyncio.timeout: a deadline cancels the task it runs in)
+                if pending.steps is not None:
+                    pending.steps.close()
+                fault = RuntimeError("an enricher with a timeout must be awaited inside a task")
+                return self._record(slot, None, fault, pending.trial, pending.began, expired=False)
+            deadlines = slot.deadlines
+            if deadlines is None or deadlines.loop is not loop:
+                deadlines = slot.deadlines = Deadlines(loop)
+            # Counted from the call's start, its first step included.
+            deadlines.arm(
+                pending, task, loop.time() + slot.timeout - (time.perf_counter() - pending.started)
             )
+            armed = True
+        steps = pending.steps
+        yielded = pending.yielded
+        assert steps is not None  # (driven once)
+        pending.steps = pending.yielded = None  # (a call behind a slow one keeps nothing alive)
         result: object = None
         error: BaseException | None = None
+        expired: bool | None = False
+        closed = False  # this coroutine is being closed (not: the enricher raised GeneratorExit)
         try:
-            if deadline is None:
-                result = await _resume(pending.steps, pending.yielded)
-            else:
-                async with deadline:
-                    result = await _resume(pending.steps, pending.yielded)
+            while True:
+                try:
+                    sent = yield yielded
+                except GeneratorExit:
+                    closed = True
+                    steps.close()
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - delivered to it, as await does
+                    try:
+                        yielded = steps.throw(exc)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                else:
+                    try:
+                        yielded = steps.send(sent)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
         except asyncio.CancelledError as exc:
-            if not cancelled_from_outside():
-                # The enricher raised CancelledError of its own accord (nobody cancelled this
-                # task): a fault like any other, not a reason to fail the whole event.
-                error = exc
-            else:
+            if armed:
+                expired, armed = pending.settle(), False
+            if expired is None or (not expired and cancelled_from_outside()):
                 # The caller gave up (enrich_sync's timeout, stop()): not the enricher's fault.
                 if pending.trial:
                     slot.breaker.release()
                 slot.time += time.perf_counter() - pending.started
                 raise
-        except BaseException as exc:  # noqa: BLE001 - enricher faults are isolated
+            if not expired:
+                # The enricher raised CancelledError of its own accord (nobody cancelled this
+                # task): a fault like any other, not a reason to fail the whole event.
+                error = exc
+        except BaseException as exc:  # enricher faults are isolated (re-raised: our own close)
+            if closed:
+                raise
             error = exc
+        finally:
+            if armed:
+                # An enricher that swallowed the timer's cancellation and returned (or raised
+                # something else) timed out all the same.
+                expired = pending.settle() is not False
         slot.time += time.perf_counter() - pending.started
-        # expired() also catches an enricher that swallowed its cancellation and returned.
-        expired = deadline is not None and deadline.expired()
-        return self._outcome(slot, result, error, pending.trial, pending.began, expired=expired)
-
-    def _outcome(
-        self,
-        slot: Slot,
-        result: object,
-        error: BaseException | None,
-        trial: bool,
-        began: int,
-        *,
-        expired: bool,
-    ) -> EnricherResult:
-        if expired:
-            self._on_fault(slot, "timeout", None, trial, began)
-            return None
-        if error is not None:
-            self._on_fault(slot, "error", error, trial, began)
-            return None
-        if result is not None and type(result) is not dict and not isinstance(result, Mapping):
-            self._on_fault(slot, "invalid", result, trial, began)
-            return None
-        slot.ok += 1
-        breaker = slot.breaker
-        if not breaker.quiet and breaker.record_success(trial):
-            log("info", "enricher.circuit_closed", chain=self._chain, enricher=slot.name)
-        return result
-
-    def _on_fault(self, slot: Slot, kind: str, detail: object, trial: bool, began: int) -> None:
-        if kind == "timeout":
-            slot.timeouts += 1
-        else:
-            slot.failures += 1
-        breaker = slot.breaker
-        opened = breaker.record_failure(trial, began)
-        suppressed = self._log_limiter.allow((slot.name, kind))
-        if suppressed is not None:
-            fields: dict[str, Any] = {"chain": self._chain, "enricher": slot.name}
-            if suppressed:
-                fields["suppressed"] = suppressed
-            if kind == "timeout":
-                log("warning", "enricher.timed_out", timeout=slot.timeout, **fields)
-            elif kind == "error":
-                assert isinstance(detail, BaseException)
-                log("warning", "enricher.failed", error=describe(detail), exc_info=detail, **fields)
-            else:
-                log(
-                    "warning",
-                    "enricher.invalid_result",
-                    result_type=type(detail).__name__,
-                    hint="an enricher returns a mapping of new fields, or None",
-                    **fields,
-                )
-        if opened:
-            log(
-                "warning",
-                "enricher.circuit_opened",
-                chain=self._chain,
-                enricher=slot.name,
-                consecutive_faults=breaker.consecutive,
-                cooldown=breaker.cooldown,
-                trial_failed=trial,
-            )
+        return self._record(
+            slot, result, error, pending.trial, pending.began, expired=bool(expired)
+        )
 
 
 async def _in_executor(fn: EnricherCallable, event: dict[str, Any]) -> EnricherResult:
@@ -348,30 +363,3 @@ def _steps(awaitable: object) -> Generator[Any, Any, Any]:
             f"the enricher returned {type(awaitable).__name__}, not an awaitable; an enricher "
             "marked async must return a coroutine (define it with async def)."
         ) from None
-
-
-@types.coroutine
-def _resume(
-    steps: Generator[Any, Any, Any] | Coroutine[Any, Any, Any], yielded: object
-) -> Generator[Any, Any, Any]:
-    """Carry on ``await``-ing a coroutine whose first step already ran (PEP 380 delegation).
-
-    What the coroutine yields goes to the running Task unchanged, and what the Task sends or
-    throws in (results, CancelledError) goes back to the coroutine, exactly as ``await``.
-    """
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            steps.close()
-            raise
-        except BaseException as exc:  # noqa: BLE001 - delivered to the coroutine, as await does
-            try:
-                yielded = steps.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = steps.send(sent)
-            except StopIteration as stop:
-                return stop.value

@@ -19,12 +19,15 @@ import asyncio
 import collections
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from loopthread._enrich._breaker import CircuitBreaker
 from loopthread._log import logger
 from loopthread._stats import EnricherStats
 from loopthread._validate import check_positive_int, check_timeout, close_awaitables
+
+if TYPE_CHECKING:
+    from loopthread._enrich._deadlines import Deadlines
 
 __all__ = [
     "Configured",
@@ -122,6 +125,7 @@ class Slot:
         "active",
         "breaker",
         "calls",
+        "deadlines",
         "disabled",
         "failures",
         "fn",
@@ -176,6 +180,8 @@ class Slot:
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.queued = 0
         self.queue_time = 0.0
+        # The deadlines of its calls in flight (with a timeout), on the loop they run on.
+        self.deadlines: Deadlines | None = None
 
     def stats(self, now: float) -> EnricherStats:
         """A snapshot of the counters; ``now`` is the breaker's clock (read only if open)."""
@@ -198,6 +204,7 @@ class Slot:
         """A new loop: the calls and waiters of the old one will never give their places back."""
         self.active = 0
         self.waiters.clear()
+        self.deadlines = None
 
 
 def _hook(target: object, name: str, alias: str) -> Callable[[], object] | None:
