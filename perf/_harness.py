@@ -188,3 +188,18 @@ def voluntary_switches(native_id: int | None) -> int | None:
         if line.startswith("voluntary_ctxt_switches:"):
             return int(line.split()[1])
     return None
+
+
+def median_rows(samples: dict[str, list[float]], base: str) -> list[list[object]]:
+    """Rows ``[name, median µs, slowest µs, "N.NNx" of base's median]`` of per-operation
+    samples in seconds (one value per burst), in ``samples``' order."""
+    floor = statistics.median(samples[base])
+    return [
+        [
+            name,
+            statistics.median(per) * 1e6,
+            max(per) * 1e6,
+            f"{statistics.median(per) / floor:.2f}x",
+        ]
+        for name, per in samples.items()
+    ]

@@ -30,7 +30,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 import loopthread
-from perf._harness import markdown_table, run_main
+from perf._harness import markdown_table, median_rows, run_main
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 
@@ -103,16 +103,7 @@ def _put_cost(lt: loopthread.LoopThread, plan: Plan) -> dict[str, list[float]]:
 
 
 def _put_table(samples: dict[str, list[float]]) -> str:
-    base = statistics.median(samples[PUT_PLAIN])
-    rows = [
-        [
-            name,
-            statistics.median(per) * 1e6,
-            max(per) * 1e6,
-            f"{statistics.median(per) / base:.2f}x",
-        ]
-        for name, per in samples.items()
-    ]
+    rows = median_rows(samples, PUT_PLAIN)
     return markdown_table(
         [
             "call",

@@ -61,6 +61,7 @@ from perf._harness import (
     Result,
     interleave,
     markdown_table,
+    median_rows,
     one_cpu,
     overhead_verdict,
     p99,
@@ -379,16 +380,7 @@ def _put_cost(rig: Rig, plan: Plan) -> dict[str, list[float]]:
 
 
 def _put_table(samples: dict[str, list[float]]) -> str:
-    base = statistics.median(samples[PUT_ENQUEUE])
-    rows = [
-        [
-            name,
-            statistics.median(per) * 1e6,
-            max(per) * 1e6,
-            f"{statistics.median(per) / base:.2f}x",
-        ]
-        for name, per in samples.items()
-    ]
+    rows = median_rows(samples, PUT_ENQUEUE)
     return markdown_table(
         ["put", "µs per put (median of bursts)", "slowest burst µs", "vs enqueue"], rows, key="put"
     )
