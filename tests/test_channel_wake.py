@@ -57,6 +57,19 @@ class State:
 state = State()
 
 
+def unraisable(info):
+    # The storm's own Alarm, raised while a cyclic GC pass that this thread ran finalised a
+    # loop-side object (asyncio's WeakSet of tasks drops it in a weakref callback): CPython
+    # reports it as "Exception ignored", and nothing of the put saw it. Any other unraisable
+    # exception is still printed (and fails the test).
+    if isinstance(info.exc_value, Alarm):
+        return
+    sys.__unraisablehook__(info)
+
+
+sys.unraisablehook = unraisable
+
+
 def on_alarm(signum, frame):
     state.interrupts += 1
     if not state.stop:
